@@ -1,0 +1,272 @@
+//! The command-line client: talks to a running server over its HTTP API.
+
+use std::path::Path;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use url::Url;
+
+/// A failed client command.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server could not be reached.
+    #[error("cannot reach the server at {url}: {source}")]
+    Unreachable {
+        /// Where.
+        url: String,
+        /// Why.
+        source: reqwest::Error,
+    },
+    /// The server answered with an error.
+    #[error("{status}: {code}: {message}")]
+    Api {
+        /// HTTP status.
+        status: StatusCode,
+        /// The error code.
+        code: String,
+        /// The error message.
+        message: String,
+        /// The whole error body.
+        body: Value,
+    },
+    /// A credential the command needs was not given.
+    #[error("set {0}")]
+    MissingCredential(&'static str),
+    /// A local file could not be read.
+    #[error("cannot read {path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An argument is malformed.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// A client of one server.
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    admin_token: Option<String>,
+    api_key: Option<String>,
+}
+
+enum Credential {
+    Admin,
+    ApiKey,
+}
+
+impl Client {
+    /// A client of the server at `base`, with the credentials it has.
+    pub fn new(base: Url, admin_token: Option<String>, api_key: Option<String>) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base,
+            admin_token,
+            api_key,
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        credential: Credential,
+        body: Option<reqwest::Body>,
+    ) -> Result<Value, ClientError> {
+        let token = match credential {
+            Credential::Admin => {
+                self.admin_token
+                    .as_deref()
+                    .ok_or(ClientError::MissingCredential(
+                        "KEYHOLE_ADMIN_TOKEN (or --admin-token)",
+                    ))?
+            }
+            Credential::ApiKey => self
+                .api_key
+                .as_deref()
+                .ok_or(ClientError::MissingCredential(
+                    "KEYHOLE_API_KEY (or --api-key)",
+                ))?,
+        };
+        let url = self
+            .base
+            .join(path)
+            .map_err(|err| ClientError::Usage(err.to_string()))?;
+        let unreachable = |source| ClientError::Unreachable {
+            url: self.base.to_string(),
+            source,
+        };
+
+        let mut request = self.http.request(method, url).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status();
+        let text = response.text().await.map_err(unreachable)?;
+        let body: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+
+        if status.is_success() {
+            return Ok(body);
+        }
+        Err(ClientError::Api {
+            status,
+            code: body["error"]["code"]
+                .as_str()
+                .unwrap_or("unknown")
+                .to_owned(),
+            message: body["error"]["message"].as_str().unwrap_or("").to_owned(),
+            body,
+        })
+    }
+
+    async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        credential: Credential,
+        body: &Value,
+    ) -> Result<Value, ClientError> {
+        self.send(method, path, credential, Some(body.to_string().into()))
+            .await
+    }
+
+    /// Uploads a plugin.
+    pub async fn install_plugin(&self, file: &Path) -> Result<Value, ClientError> {
+        let wasm = tokio::fs::read(file)
+            .await
+            .map_err(|source| ClientError::File {
+                path: file.display().to_string(),
+                source,
+            })?;
+        self.send(
+            Method::POST,
+            "admin/plugins",
+            Credential::Admin,
+            Some(wasm.into()),
+        )
+        .await
+    }
+
+    /// Lists the installed plugins.
+    pub async fn plugins(&self) -> Result<Value, ClientError> {
+        self.send(Method::GET, "admin/plugins", Credential::Admin, None)
+            .await
+    }
+
+    /// Shows one plugin.
+    pub async fn plugin(&self, id: &str) -> Result<Value, ClientError> {
+        self.send(
+            Method::GET,
+            &format!("admin/plugins/{id}"),
+            Credential::Admin,
+            None,
+        )
+        .await
+    }
+
+    /// Uninstalls a plugin.
+    pub async fn delete_plugin(&self, id: &str) -> Result<Value, ClientError> {
+        self.send(
+            Method::DELETE,
+            &format!("admin/plugins/{id}"),
+            Credential::Admin,
+            None,
+        )
+        .await
+    }
+
+    /// Changes some settings of a plugin, keeping the others: `NAME=VALUE` sets one, `NAME=`
+    /// unsets it.
+    pub async fn update_settings(
+        &self,
+        id: &str,
+        changes: &[String],
+    ) -> Result<Value, ClientError> {
+        let plugin = self.plugin(id).await?;
+        let mut settings = serde_json::Map::new();
+        for setting in plugin["settings"].as_array().into_iter().flatten() {
+            if let (Some(name), Some(value)) = (setting["name"].as_str(), setting["value"].as_str())
+            {
+                settings.insert(name.to_owned(), json!(value));
+            }
+        }
+        for change in changes {
+            let (name, value) = change
+                .split_once('=')
+                .ok_or_else(|| ClientError::Usage(format!("`{change}` is not NAME=VALUE")))?;
+            if value.is_empty() {
+                settings.remove(name);
+            } else {
+                settings.insert(name.to_owned(), json!(value));
+            }
+        }
+        self.send_json(
+            Method::PUT,
+            &format!("admin/plugins/{id}/settings"),
+            Credential::Admin,
+            &Value::Object(settings),
+        )
+        .await
+    }
+
+    /// Creates an API key.
+    pub async fn create_api_key(&self, tenant: &str) -> Result<Value, ClientError> {
+        self.send_json(
+            Method::POST,
+            "admin/api-keys",
+            Credential::Admin,
+            &json!({"tenant": tenant}),
+        )
+        .await
+    }
+
+    /// Lists API keys.
+    pub async fn api_keys(&self) -> Result<Value, ClientError> {
+        self.send(Method::GET, "admin/api-keys", Credential::Admin, None)
+            .await
+    }
+
+    /// Revokes an API key.
+    pub async fn delete_api_key(&self, key_id: &str) -> Result<Value, ClientError> {
+        self.send(
+            Method::DELETE,
+            &format!("admin/api-keys/{key_id}"),
+            Credential::Admin,
+            None,
+        )
+        .await
+    }
+
+    /// Lists the tools as a chat backend sees them.
+    pub async fn tools(&self) -> Result<Value, ClientError> {
+        self.send(Method::GET, "v1/tools", Credential::ApiKey, None)
+            .await
+    }
+
+    /// Invokes a tool for a user.
+    pub async fn invoke(
+        &self,
+        plugin: &str,
+        tool: &str,
+        user: &str,
+        arguments: &str,
+    ) -> Result<Value, ClientError> {
+        let arguments: Value = serde_json::from_str(arguments)
+            .map_err(|err| ClientError::Usage(format!("--args is not JSON: {err}")))?;
+        self.send_json(
+            Method::POST,
+            &format!("v1/plugins/{plugin}/tools/{tool}/invoke"),
+            Credential::ApiKey,
+            &json!({"user": user, "arguments": arguments}),
+        )
+        .await
+    }
+}

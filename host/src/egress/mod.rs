@@ -1,0 +1,129 @@
+//! Everything a plugin sends to the network passes through here.
+//!
+//! Plugins speak standard `wasi:http`; wasmtime hands each outgoing request to
+//! [`EgressHooks::send_request`], the one place where the host decides. A request leaves only
+//! over https, only to a host the plugin declared, and only to a public address (checked after
+//! DNS resolution, at connect time, by [`PublicOnlyResolver`]). A refused request reaches the
+//! guest as `HttpRequestDenied` and is logged with the plugin, the call and the host, never the
+//! path or query, which may hold user data.
+//!
+//! Requests are executed by one shared [`reqwest`] client (connection pool, system roots plus
+//! the admin's extra roots, no redirects followed: a plugin that wants to follow one sends a new
+//! request, which is checked again).
+
+mod address;
+mod hooks;
+mod policy;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::config::{EgressConfig, EgressOverride};
+
+pub use address::{PublicOnlyResolver, is_public};
+pub use hooks::EgressHooks;
+pub use policy::HostPolicy;
+
+/// The shared HTTP client and the rules every outgoing request follows.
+pub struct Egress {
+    /// Resolves through [`PublicOnlyResolver`]; used for every request that is not overridden.
+    public: reqwest::Client,
+    /// Used only for origins the admin overrode, whose targets may be on loopback.
+    overridden: reqwest::Client,
+    overrides: Vec<EgressOverride>,
+    request_timeout: Duration,
+    max_body_bytes: usize,
+}
+
+/// The egress could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    /// An extra root certificate could not be read or parsed.
+    #[error("cannot use the CA file {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+impl Egress {
+    /// Builds the shared clients from the configuration.
+    pub fn new(config: &EgressConfig) -> Result<Self, EgressError> {
+        let mut roots = Vec::new();
+        for path in &config.ca_files {
+            let ca_error = |reason: String| EgressError::CaFile {
+                path: path.display().to_string(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|err| ca_error(err.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|err| ca_error(err.to_string()))?;
+            if certs.is_empty() {
+                return Err(ca_error("no certificate in the file".to_owned()));
+            }
+            roots.extend(certs);
+        }
+
+        let build = |resolver: Option<Arc<PublicOnlyResolver>>| {
+            let mut builder = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(Duration::from_millis(config.request_timeout_ms))
+                .pool_idle_timeout(Duration::from_secs(90))
+                .user_agent(concat!("keyhole/", env!("CARGO_PKG_VERSION")));
+            for root in &roots {
+                builder = builder.add_root_certificate(root.clone());
+            }
+            if let Some(resolver) = resolver {
+                builder = builder.dns_resolver(resolver);
+            }
+            builder
+                .build()
+                .map_err(|err| EgressError::Client(err.to_string()))
+        };
+
+        Ok(Self {
+            public: build(Some(Arc::new(PublicOnlyResolver)))?,
+            overridden: build(None)?,
+            overrides: config.overrides.clone(),
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            max_body_bytes: config.max_body_bytes,
+        })
+    }
+
+    /// Where a request for `url` really goes, and with which client: an overridden origin is
+    /// sent to its target, anything else to `url` itself through the public-only client.
+    pub fn route(&self, url: &Url) -> (Url, &reqwest::Client, bool) {
+        let Some(rule) = self.overrides.iter().find(|rule| rule.matches(url)) else {
+            return (url.clone(), &self.public, false);
+        };
+        let mut target = url.clone();
+        // Setting scheme, host and port of a parsed http(s) URL to those of another parsed
+        // http(s) URL cannot fail.
+        let _ = target.set_scheme(rule.to.scheme());
+        let _ = target.set_host(rule.to.host_str());
+        let _ = target.set_port(rule.to.port());
+        (target, &self.overridden, true)
+    }
+
+    /// Whether the admin overrode the origin of `url`.
+    pub fn is_overridden(&self, url: &Url) -> bool {
+        self.overrides.iter().any(|rule| rule.matches(url))
+    }
+
+    /// Deadline of one outgoing request.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// Largest request or response body.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+}

@@ -1,0 +1,371 @@
+//! The `keyhole` binary: `keyhole serve` runs the server; the other commands are its client.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use keyhole::api::{AppState, BodyLimits, router};
+use keyhole::auth::Auth;
+use keyhole::client::Client;
+use keyhole::config::{Config, EgressOverride};
+use keyhole::egress::Egress;
+use keyhole::registry::Registry;
+use keyhole::runtime::{Runtime, RuntimeLimits};
+use keyhole::store::{SledStore, Store};
+
+use tokio::sync::Semaphore;
+use url::Url;
+
+/// Keyhole: a sandbox server for AI-tool plugins compiled to WebAssembly components.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Manage plugins on a running server (admin token).
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Manage chat backends' API keys on a running server (admin token).
+    #[command(subcommand, name = "api-key")]
+    ApiKey(ApiKeyCommand),
+    /// List the tools as a chat backend sees them (API key).
+    Tools(ClientArgs),
+    /// Invoke a tool for a user (API key).
+    Invoke {
+        /// The plugin's id.
+        plugin: String,
+        /// The tool's name.
+        tool: String,
+        /// The end user the call is for.
+        #[arg(long)]
+        user: String,
+        /// The arguments, as a JSON object.
+        #[arg(long, default_value = "{}")]
+        args: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Flags of `keyhole serve`; each overrides the config file, which overrides the defaults.
+#[derive(Args)]
+struct ServeArgs {
+    /// A TOML configuration file.
+    #[arg(long, env = "KEYHOLE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8787].
+    #[arg(long, env = "KEYHOLE_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Data directory [default: ./keyhole-data].
+    #[arg(long, env = "KEYHOLE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The URL users reach the server at, when not the listen address.
+    #[arg(long, env = "KEYHOLE_PUBLIC_URL")]
+    public_url: Option<Url>,
+    /// Send requests for an origin to another address: `https://api.example.com=https://127.0.0.1:9443`.
+    #[arg(long = "egress-override", value_name = "ORIGIN=URL")]
+    egress_overrides: Vec<EgressOverride>,
+    /// Trust an extra root certificate (PEM) for outgoing requests.
+    #[arg(long = "egress-ca", value_name = "FILE")]
+    egress_ca: Vec<PathBuf>,
+    /// Largest plugin upload, in bytes [default: 33554432].
+    #[arg(long)]
+    max_upload_bytes: Option<usize>,
+    /// Deadline of one tool call, in milliseconds [default: 10000].
+    #[arg(long)]
+    call_timeout_ms: Option<u64>,
+    /// Calls running at once [default: 128].
+    #[arg(long)]
+    max_concurrent_calls: Option<u32>,
+    /// Install (or update) these plugins at start.
+    #[arg(long = "install", value_name = "FILE.wasm")]
+    install: Vec<PathBuf>,
+}
+
+impl ServeArgs {
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(url) = &self.public_url {
+            config.public_url = Some(url.clone());
+        }
+        config
+            .egress
+            .overrides
+            .extend(self.egress_overrides.iter().cloned());
+        config
+            .egress
+            .ca_files
+            .extend(self.egress_ca.iter().cloned());
+        if let Some(bytes) = self.max_upload_bytes {
+            config.max_upload_bytes = bytes;
+        }
+        if let Some(ms) = self.call_timeout_ms {
+            config.call_timeout_ms = ms;
+        }
+        if let Some(calls) = self.max_concurrent_calls {
+            config.max_concurrent_calls = calls;
+        }
+        Ok(config)
+    }
+}
+
+/// Where the server is and the credentials to use.
+#[derive(Args)]
+struct ClientArgs {
+    /// The server's URL.
+    #[arg(long, env = "KEYHOLE_URL", default_value = "http://127.0.0.1:8787")]
+    server: Url,
+    /// The admin token.
+    #[arg(long, env = "KEYHOLE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// An API key.
+    #[arg(long, env = "KEYHOLE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+impl ClientArgs {
+    fn client(&self) -> Client {
+        Client::new(
+            self.server.clone(),
+            self.admin_token.clone(),
+            self.api_key.clone(),
+        )
+    }
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Upload a plugin's .wasm; replaces an installed plugin with the same id.
+    Install {
+        /// The component.
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List installed plugins.
+    List(ClientArgs),
+    /// Show one plugin.
+    Show {
+        /// The plugin's id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Uninstall a plugin.
+    Delete {
+        /// The plugin's id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a plugin's settings, or change them: NAME=VALUE sets one, NAME= unsets it.
+    Settings {
+        /// The plugin's id.
+        id: String,
+        /// Changes.
+        changes: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApiKeyCommand {
+    /// Create an API key for a chat backend; it is shown once.
+    Create {
+        /// The tenant whose users the key acts for.
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List API keys (without secrets).
+    List(ClientArgs),
+    /// Revoke an API key.
+    Delete {
+        /// The key's id.
+        key_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,cranelift=warn,wasmtime=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the async runtime starts");
+    let result = runtime.block_on(run(cli.command));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    let output = match command {
+        Command::Serve(args) => return serve(args).await,
+        Command::Plugin(PluginCommand::Install { file, client }) => {
+            client.client().install_plugin(&file).await?
+        }
+        Command::Plugin(PluginCommand::List(client)) => client.client().plugins().await?,
+        Command::Plugin(PluginCommand::Show { id, client }) => client.client().plugin(&id).await?,
+        Command::Plugin(PluginCommand::Delete { id, client }) => {
+            client.client().delete_plugin(&id).await?
+        }
+        Command::Plugin(PluginCommand::Settings {
+            id,
+            changes,
+            client,
+        }) => {
+            let client = client.client();
+            let plugin = if changes.is_empty() {
+                client.plugin(&id).await?
+            } else {
+                client.update_settings(&id, &changes).await?
+            };
+            plugin["settings"].clone()
+        }
+        Command::ApiKey(ApiKeyCommand::Create { tenant, client }) => {
+            client.client().create_api_key(&tenant).await?
+        }
+        Command::ApiKey(ApiKeyCommand::List(client)) => client.client().api_keys().await?,
+        Command::ApiKey(ApiKeyCommand::Delete { key_id, client }) => {
+            client.client().delete_api_key(&key_id).await?
+        }
+        Command::Tools(client) => client.client().tools().await?,
+        Command::Invoke {
+            plugin,
+            tool,
+            user,
+            args,
+            client,
+        } => client.client().invoke(&plugin, &tool, &user, &args).await?,
+    };
+    if !output.is_null() {
+        println!("{}", serde_json::to_string_pretty(&output)?);
+    }
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+
+    let store: Arc<dyn Store> = Arc::new(
+        SledStore::open(&config.data_dir.join("store"))
+            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
+    );
+    let admin_token = std::env::var("KEYHOLE_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let (auth, shown) = Auth::open(store.clone(), admin_token.as_deref())?;
+    if let Some(token) = shown {
+        println!("Admin token (shown once; keep it): {}", token.0);
+    }
+
+    let egress = Arc::new(Egress::new(&config.egress)?);
+    let limits = RuntimeLimits {
+        call_timeout: config.call_timeout(),
+        max_concurrent_calls: config.max_concurrent_calls,
+        max_memory_bytes: config.max_memory_bytes,
+    };
+    let runtime = Arc::new(Runtime::new(&limits, egress)?);
+    let registry = Arc::new(Registry::open(runtime.clone(), store.clone())?);
+    install_at_start(&registry, &args.install).await?;
+
+    let state = AppState {
+        registry,
+        auth: Arc::new(auth),
+        runtime,
+        store: store.clone(),
+        calls: Arc::new(Semaphore::new(config.max_concurrent_calls as usize)),
+    };
+    let body_limits = BodyLimits {
+        upload: config.max_upload_bytes,
+        json: config.max_request_bytes,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(address = %bound, public_url = %config.public_url(bound), "serving");
+    println!("keyhole listening on http://{bound}");
+
+    axum::serve(listener, router(state, body_limits))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    store.flush()?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Installs plugins named on the command line, skipping those already installed unchanged.
+async fn install_at_start(registry: &Registry, files: &[PathBuf]) -> anyhow::Result<()> {
+    for file in files {
+        let wasm =
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&wasm));
+        let unchanged = registry
+            .list()
+            .iter()
+            .any(|plugin| plugin.record.sha256 == sha256);
+        if unchanged {
+            continue;
+        }
+        let (plugin, _) = registry
+            .install(wasm)
+            .await
+            .with_context(|| format!("cannot install {}", file.display()))?;
+        tracing::info!(plugin = %plugin.description().id, file = %file.display(), "installed at start");
+    }
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM; the server then stops taking connections and lets calls in
+/// flight finish.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM can be handled");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

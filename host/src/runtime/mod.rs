@@ -1,0 +1,370 @@
+//! The wasmtime side: one engine, components compiled once and cached, a fresh instance per call.
+//!
+//! A call instantiates the plugin from its [`PluginPre`] (imports resolved once, at load) in a
+//! new [`Store`] whose [`CallState`] gives it no filesystem, environment or sockets: only the
+//! clocks and randomness WASI needs, `wasi:http` through [`crate::egress`], and the
+//! `keyhole:plugin/host` interface (`host_api.rs`). The instance is dropped when the call ends,
+//! so nothing of one call is visible to the next.
+
+mod host_api;
+mod state;
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, Store,
+    StoreLimitsBuilder, Trap, UpdateDeadline,
+};
+
+use crate::description::{Description, DescriptionError};
+use crate::egress::{Egress, HostPolicy};
+use crate::store::CompiledArtifact;
+
+pub use state::CallState;
+
+/// Bindings generated from `wit/plugin.wit`.
+#[allow(missing_docs, reason = "generated code; the WIT documents it")]
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "keyhole:plugin/plugin",
+        exports: { default: async },
+    });
+}
+
+pub use bindings::exports::keyhole::plugin::tools::ToolError;
+pub use bindings::{Plugin, PluginPre};
+
+/// How often the epoch ticks; a guest that computes without yielding is checked this often.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Extra instance slots beyond the call limit, for uploads describing themselves.
+const SPARE_SLOTS: u32 = 8;
+
+/// The engine, the linker and the limits every call runs under.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<CallState>,
+    engine_key: String,
+    egress: Arc<Egress>,
+    call_timeout: Duration,
+    max_memory_bytes: usize,
+    next_call: AtomicU64,
+}
+
+/// Limits the runtime is built with.
+#[derive(Debug, Clone)]
+pub struct RuntimeLimits {
+    /// Deadline of one call.
+    pub call_timeout: Duration,
+    /// Calls at once; sizes the instance pool.
+    pub max_concurrent_calls: u32,
+    /// Largest linear memory of an instance.
+    pub max_memory_bytes: usize,
+}
+
+/// Why a component was refused at upload.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Not WebAssembly at all.
+    #[error("the file is not WebAssembly")]
+    NotWasm,
+    /// A core module instead of a component.
+    #[error(
+        "the file is a core WebAssembly module, not a component; build the plugin with \
+         `--target wasm32-wasip2`"
+    )]
+    CoreModule,
+    /// Malformed, or not compilable.
+    #[error("the component is invalid: {0}")]
+    Invalid(String),
+    /// Imports what the host does not provide, or does not export the plugin interface.
+    #[error("the component does not implement the keyhole:plugin world: {0}")]
+    WrongWorld(String),
+    /// `describe` failed or answered an invalid description.
+    #[error(transparent)]
+    Description(#[from] DescriptionError),
+    /// `describe` trapped or overran the deadline.
+    #[error("the plugin failed while describing itself: {0}")]
+    DescribeFailed(String),
+}
+
+/// How a call ended when it did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The plugin returned a typed error.
+    #[error("tool error: {0:?}")]
+    Tool(ToolError),
+    /// The plugin trapped or broke the contract; the cause is for the log only.
+    #[error("plugin failed: {0}")]
+    Failed(String),
+    /// The call ran past its deadline.
+    #[error("the call ran past its deadline")]
+    Deadline,
+}
+
+/// A plugin compiled and linked, ready to instantiate.
+#[derive(Clone)]
+pub struct Loaded {
+    /// Pre-instantiated component, imports resolved.
+    pub pre: PluginPre<CallState>,
+    /// The description it answered at upload.
+    pub description: Description,
+}
+
+/// What a call needs to know about its plugin besides the component.
+pub struct CallContext {
+    /// Plugin id, for logs.
+    pub plugin: Arc<str>,
+    /// Hosts it may reach.
+    pub policy: Arc<HostPolicy>,
+    /// Its settings.
+    pub settings: Arc<BTreeMap<String, String>>,
+}
+
+impl Runtime {
+    /// Builds the engine and the linker, and starts the epoch ticker.
+    pub fn new(limits: &RuntimeLimits, egress: Arc<Egress>) -> anyhow::Result<Self> {
+        let engine = Engine::new(&engine_config(limits))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        Plugin::add_to_linker::<_, wasmtime::component::HasSelf<CallState>>(&mut linker, |s| s)?;
+
+        let engine_key = engine_key(&engine);
+        start_epoch_ticker(&engine);
+
+        Ok(Self {
+            engine,
+            linker,
+            engine_key,
+            egress,
+            call_timeout: limits.call_timeout,
+            max_memory_bytes: limits.max_memory_bytes,
+            next_call: AtomicU64::new(1),
+        })
+    }
+
+    /// Identifies this engine's compiled code: wasmtime's version and every setting that
+    /// changes it. An artifact made under another key is recompiled.
+    pub fn engine_key(&self) -> &str {
+        &self.engine_key
+    }
+
+    /// Compiles an uploaded component, checks that it implements the world, and asks it to
+    /// describe itself. CPU-heavy: run it off the async executor's threads.
+    pub async fn load_new(&self, wasm: &[u8]) -> Result<(Loaded, CompiledArtifact), LoadError> {
+        sniff(wasm)?;
+        let component = Component::new(&self.engine, wasm)
+            .map_err(|err| LoadError::Invalid(format!("{err:#}")))?;
+        let pre = self.link(&component)?;
+        let description = self.describe(&pre).await?;
+
+        let bytes = component
+            .serialize()
+            .map_err(|err| LoadError::Invalid(format!("{err:#}")))?;
+        let artifact = CompiledArtifact {
+            engine_key: self.engine_key.clone(),
+            bytes,
+        };
+        Ok((Loaded { pre, description }, artifact))
+    }
+
+    /// Loads an installed plugin from its compiled artifact, or recompiles it from `wasm` when
+    /// the artifact was made by another engine; the new artifact is returned to be stored.
+    pub fn load_installed(
+        &self,
+        description: Description,
+        compiled: Option<&CompiledArtifact>,
+        wasm: impl FnOnce() -> Option<Vec<u8>>,
+    ) -> Result<(Loaded, Option<CompiledArtifact>), LoadError> {
+        let cached = compiled
+            .filter(|artifact| artifact.engine_key == self.engine_key)
+            // SAFETY: the artifact was produced by `Component::serialize` of an engine with this
+            // very key and read back from the server's own data directory, which only the
+            // server writes; wasmtime also checks its header and refuses a mismatch.
+            .and_then(|artifact| {
+                unsafe { Component::deserialize(&self.engine, &artifact.bytes) }.ok()
+            });
+
+        let (component, fresh) = match cached {
+            Some(component) => (component, None),
+            None => {
+                let wasm =
+                    wasm().ok_or_else(|| LoadError::Invalid("no component stored".into()))?;
+                let component = Component::new(&self.engine, &wasm)
+                    .map_err(|err| LoadError::Invalid(format!("{err:#}")))?;
+                let bytes = component
+                    .serialize()
+                    .map_err(|err| LoadError::Invalid(format!("{err:#}")))?;
+                let artifact = CompiledArtifact {
+                    engine_key: self.engine_key.clone(),
+                    bytes,
+                };
+                (component, Some(artifact))
+            }
+        };
+
+        let pre = self.link(&component)?;
+        Ok((Loaded { pre, description }, fresh))
+    }
+
+    fn link(&self, component: &Component) -> Result<PluginPre<CallState>, LoadError> {
+        let instance_pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|err| LoadError::WrongWorld(format!("{err:#}")))?;
+        PluginPre::new(instance_pre).map_err(|err| LoadError::WrongWorld(format!("{err:#}")))
+    }
+
+    async fn describe(&self, pre: &PluginPre<CallState>) -> Result<Description, LoadError> {
+        let context = CallContext {
+            plugin: Arc::from("(uploading)"),
+            policy: Arc::new(HostPolicy::default()),
+            settings: Arc::default(),
+        };
+        let json = self
+            .run(pre, &context, |plugin, store| {
+                Box::pin(async move { plugin.keyhole_plugin_tools().call_describe(store).await })
+            })
+            .await
+            .map_err(|err| LoadError::DescribeFailed(err.to_string()))?;
+        Ok(Description::parse(&json)?)
+    }
+
+    /// Runs one tool call in a fresh instance.
+    pub async fn call(
+        &self,
+        pre: &PluginPre<CallState>,
+        context: &CallContext,
+        tool: &str,
+        arguments: &str,
+    ) -> Result<String, CallError> {
+        let (tool, arguments) = (tool.to_owned(), arguments.to_owned());
+        let answer = self
+            .run(pre, context, move |plugin, store| {
+                Box::pin(async move {
+                    plugin
+                        .keyhole_plugin_tools()
+                        .call_call(store, &tool, &arguments)
+                        .await
+                })
+            })
+            .await?;
+        answer.map_err(CallError::Tool)
+    }
+
+    /// Instantiates the plugin in a new store and runs `f` under the call's deadline: epoch
+    /// interruption stops a guest that computes, the timeout one that waits on the host.
+    async fn run<R>(
+        &self,
+        pre: &PluginPre<CallState>,
+        context: &CallContext,
+        f: impl for<'a> FnOnce(
+            &'a Plugin,
+            &'a mut Store<CallState>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>,
+        >,
+    ) -> Result<R, CallError> {
+        let call = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let deadline = Instant::now() + self.call_timeout;
+        let state = CallState::new(self.egress.clone(), context, call, self.limits());
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| state.limits());
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let work = async {
+            let plugin = pre.instantiate_async(&mut store).await?;
+            f(&plugin, &mut store).await
+        };
+        match tokio::time::timeout_at(deadline.into(), work).await {
+            Err(_elapsed) => Err(CallError::Deadline),
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) if is_interrupt(&err) => Err(CallError::Deadline),
+            Ok(Err(err)) => Err(CallError::Failed(format!("{err:#}"))),
+        }
+    }
+
+    fn limits(&self) -> wasmtime::StoreLimits {
+        StoreLimitsBuilder::new()
+            .memory_size(self.max_memory_bytes)
+            .table_elements(1_000_000)
+            .instances(64)
+            .build()
+    }
+}
+
+fn is_interrupt(err: &wasmtime::Error) -> bool {
+    matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt))
+}
+
+/// Recognises what is not a component before wasmtime does, for a clearer message.
+fn sniff(wasm: &[u8]) -> Result<(), LoadError> {
+    if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
+        return Err(LoadError::NotWasm);
+    }
+    // Bytes 4..8 are the version and layer: 1 for core modules, 0x0d with layer 1 for components.
+    if wasm[4..8] == [1, 0, 0, 0] {
+        return Err(LoadError::CoreModule);
+    }
+    Ok(())
+}
+
+fn engine_config(limits: &RuntimeLimits) -> Config {
+    let slots = limits.max_concurrent_calls + SPARE_SLOTS;
+
+    // A Rust wasm32-wasip2 component holds three core instances (the program, the WASI adapter
+    // and a shim), and each has a memory or table or two; size the pool with room to spare.
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(slots)
+        .total_core_instances(slots * 4)
+        .total_memories(slots * 2)
+        .total_tables(slots * 4)
+        .total_stacks(slots)
+        .max_memory_size(limits.max_memory_bytes)
+        .max_unused_warm_slots(slots.min(64));
+
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .cranelift_opt_level(OptLevel::Speed)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+fn engine_key(engine: &Engine) -> String {
+    let mut hasher = DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    // The hash covers wasmtime's version as well as its settings.
+    format!("wasmtime-{:016x}", hasher.finish())
+}
+
+/// Ticks the engine's epoch so that running guests reach their deadline checks. The thread
+/// holds only a weak reference and ends with the engine.
+fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("keyhole-epoch".to_owned())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("the epoch thread starts");
+}

@@ -1,0 +1,65 @@
+//! What a call's [`wasmtime::Store`] holds.
+
+use std::sync::Arc;
+
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::CallContext;
+use super::host_api::HostApi;
+use crate::egress::{Egress, EgressHooks};
+
+/// The state of one call: a WASI context with nothing granted, the HTTP hooks, the host API.
+pub struct CallState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: EgressHooks,
+    pub(super) host: HostApi,
+    limits: StoreLimits,
+}
+
+impl CallState {
+    pub(super) fn new(
+        egress: Arc<Egress>,
+        context: &CallContext,
+        call: u64,
+        limits: StoreLimits,
+    ) -> Self {
+        // No preopened directories, environment, arguments or sockets; stdio goes nowhere.
+        let wasi = WasiCtx::builder().build();
+        Self {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: EgressHooks::new(egress, context.policy.clone(), context.plugin.clone(), call),
+            host: HostApi::new(context.plugin.clone(), call, context.settings.clone()),
+            limits,
+        }
+    }
+
+    pub(super) fn limits(&mut self) -> &mut StoreLimits {
+        &mut self.limits
+    }
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for CallState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
