@@ -102,7 +102,7 @@ macro_rules! export_plugin {
                 }
             }
 
-            $crate::bindings::export!(KeyholeExport with_types_in $crate::bindings);
+    $crate::bindings::export!(KeyholeExport with_types_in $crate::bindings);
         };
     };
 }

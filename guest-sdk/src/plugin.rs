@@ -5,8 +5,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
-use crate::ToolError;
 use crate::__private::WitToolError;
+use crate::ToolError;
 
 /// The version of the description format this SDK writes (`wit/description.schema.json`).
 const DESCRIPTION_VERSION: u32 = 1;
@@ -197,4 +197,101 @@ pub fn call(plugin: &Plugin, tool: &str, arguments: &str) -> Result<String, WitT
         .ok_or_else(|| ToolError::invalid_arguments(format!("no tool is named `{tool}`")))?;
     let output = (entry.run)(arguments)?;
     Ok(output.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::Setting;
+
+    /// Adds two numbers.
+    #[derive(Deserialize, JsonSchema)]
+    struct Add {
+        /// The first.
+        a: i64,
+        /// The second.
+        b: i64,
+    }
+
+    impl Tool for Add {
+        const NAME: &'static str = "add";
+        const DESCRIPTION: &'static str = "Adds two numbers.";
+        type Output = i64;
+
+        fn run(self) -> Result<i64, ToolError> {
+            self.a
+                .checked_add(self.b)
+                .ok_or_else(|| ToolError::invalid_arguments("the sum overflows"))
+        }
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    struct Nothing {}
+
+    impl Tool for Nothing {
+        const NAME: &'static str = "nothing";
+        const DESCRIPTION: &'static str = "Does nothing.";
+        type Output = ();
+
+        fn run(self) -> Result<(), ToolError> {
+            Ok(())
+        }
+    }
+
+    fn plugin() -> Plugin {
+        Plugin::new("calc", "Calculator", "1.0.0", "Arithmetic.")
+            .host("api.example.com")
+            .setting(Setting::required("precision", "Digits."))
+            .tool::<Add>()
+            .tool::<Nothing>()
+    }
+
+    #[test]
+    fn the_description_follows_the_published_schema() {
+        let schema: Value =
+            serde_json::from_str(include_str!("../wit/description.schema.json")).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let description: Value = serde_json::from_str(&describe(&plugin())).unwrap();
+
+        let errors: Vec<String> = validator
+            .iter_errors(&description)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            description["tools"][0]["parameters"]["required"],
+            json!(["a", "b"])
+        );
+        assert_eq!(description["tools"][0]["parameters"].get("title"), None);
+        assert_eq!(
+            description["tools"][1]["parameters"]["properties"],
+            json!({})
+        );
+        assert_eq!(description["settings"][0]["required"], json!(true));
+    }
+
+    #[test]
+    fn calls_reach_their_tool() {
+        assert_eq!(call(&plugin(), "add", r#"{"a": 2, "b": 3}"#).unwrap(), "5");
+        assert_eq!(call(&plugin(), "nothing", "{}").unwrap(), "null");
+    }
+
+    #[test]
+    fn failures_are_typed() {
+        let overflow = format!(r#"{{"a": {}, "b": 1}}"#, i64::MAX);
+        assert!(matches!(
+            call(&plugin(), "add", &overflow),
+            Err(WitToolError::InvalidArguments(_))
+        ));
+        assert!(matches!(
+            call(&plugin(), "add", r#"{"a": "two"}"#),
+            Err(WitToolError::InvalidArguments(_))
+        ));
+        assert!(matches!(
+            call(&plugin(), "divide", "{}"),
+            Err(WitToolError::InvalidArguments(_))
+        ));
+    }
 }

@@ -22,6 +22,8 @@ pub fn setting(name: &str) -> Option<String> {
 /// ```
 pub fn required_setting(name: &str) -> Result<String, ToolError> {
     setting(name).ok_or_else(|| {
-        ToolError::other(format!("the setting `{name}` is not set; ask an admin to set it"))
+        ToolError::other(format!(
+            "the setting `{name}` is not set; ask an admin to set it"
+        ))
     })
 }

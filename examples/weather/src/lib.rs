@@ -67,16 +67,26 @@ fn geocode(city: &str) -> Result<Place, ToolError> {
         .success()?
         .json()?;
     found.results.into_iter().next().ok_or_else(|| {
-        ToolError::invalid_arguments(format!("no place named `{city}` was found; try a larger city"))
+        ToolError::invalid_arguments(format!(
+            "no place named `{city}` was found; try a larger city"
+        ))
     })
 }
 
 fn plugin() -> Plugin {
-    Plugin::new("weather", "Weather", env!("CARGO_PKG_VERSION"), "Current weather from Open-Meteo.")
-        .host("api.open-meteo.com")
-        .host("geocoding-api.open-meteo.com")
-        .setting(Setting::optional("units", "`metric` (default) or `imperial`."))
-        .tool::<CurrentWeather>()
+    Plugin::new(
+        "weather",
+        "Weather",
+        env!("CARGO_PKG_VERSION"),
+        "Current weather from Open-Meteo.",
+    )
+    .host("api.open-meteo.com")
+    .host("geocoding-api.open-meteo.com")
+    .setting(Setting::optional(
+        "units",
+        "`metric` (default) or `imperial`.",
+    ))
+    .tool::<CurrentWeather>()
 }
 
 keyhole_sdk::export_plugin!(plugin);
