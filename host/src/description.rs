@@ -229,7 +229,8 @@ mod tests {
 
     #[test]
     fn refuses_what_breaks_the_schema() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("bad id", Box::new(|v| v["id"] = json!("Weather!"))),
             ("long id", Box::new(|v| v["id"] = json!("a".repeat(32)))),
             (

@@ -134,7 +134,7 @@ async fn forward(
     let mut received = 0usize;
     let stream = response
         .bytes_stream()
-        .map_err(|err| error_code(err))
+        .map_err(error_code)
         .and_then(move |chunk: Bytes| {
             received += chunk.len();
             let result = if received > limit {

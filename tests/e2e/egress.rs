@@ -1,0 +1,102 @@
+//! Which requests leave the sandbox: only those to hosts the plugin declared, and only through
+//! the host's own HTTP client.
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+
+use crate::harness::{ApiKey, Keyhole, install_probe};
+
+/// A server with the probe installed, and a key to call it with.
+async fn start() -> Result<(Keyhole, ApiKey)> {
+    let keyhole = Keyhole::start().await?;
+    install_probe(&keyhole).await?;
+    let key = keyhole.create_api_key("acme").await?;
+    Ok((keyhole, key))
+}
+
+/// Runs the probe's `fetch` tool and returns its output.
+async fn fetch(keyhole: &Keyhole, key: &ApiKey, url: &str) -> Result<Value> {
+    let reply = keyhole
+        .invoke(key, "probe", "fetch", json!({ "url": url }))
+        .await?;
+    Ok(reply.expect(200)?["output"].take())
+}
+
+#[tokio::test]
+async fn undeclared_host_is_refused_inside_the_guest() -> Result<()> {
+    let (keyhole, key) = start().await?;
+
+    let output = fetch(&keyhole, &key, "https://evil.test/").await?;
+
+    assert_eq!(output["denied"], true, "the guest saw {output}");
+    assert!(output["error"].is_string(), "{output}");
+    keyhole
+        .logs()
+        .wait_for_line("about the refused request", |line| {
+            line.contains("HttpRequestDenied") || line.to_lowercase().contains("denied")
+        })
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn undeclared_host_is_refused_even_when_reachable() -> Result<()> {
+    let (keyhole, key) = start().await?;
+    let port = keyhole.upstream().port();
+
+    // The server can reach both, the first through its override, but the probe declared neither.
+    let overridden = fetch(&keyhole, &key, "https://api.open-meteo.com/v1/forecast").await?;
+    let direct = fetch(&keyhole, &key, &format!("https://127.0.0.1:{port}/direct")).await?;
+
+    assert_eq!(overridden["denied"], true, "the guest saw {overridden}");
+    assert_eq!(direct["denied"], true, "the guest saw {direct}");
+    let requests = keyhole.upstream().requests();
+    assert!(
+        requests.is_empty(),
+        "refused requests reached the upstream: {requests:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn declared_host_is_reached_through_the_egress_override() -> Result<()> {
+    let (keyhole, key) = start().await?;
+
+    let output = fetch(&keyhole, &key, "https://allowed.test/x?page=2").await?;
+
+    assert_eq!(output["status"], 200, "the guest saw {output}");
+    let body: Value = serde_json::from_str(output["body"].as_str().context("body is text")?)?;
+    assert_eq!(body, json!({"path": "/x"}));
+    let seen = keyhole.upstream().request_to("/x")?;
+    assert_eq!(seen.method, "GET");
+    assert_eq!(seen.query("page").as_deref(), Some("2"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn wildcard_host_admits_its_subdomains() -> Result<()> {
+    let (keyhole, key) = start().await?;
+
+    let output = fetch(&keyhole, &key, "https://api.wild.test/w").await?;
+
+    assert_eq!(output["status"], 200, "the guest saw {output}");
+    keyhole.upstream().request_to("/w")?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn plugin_requests_carry_no_keyhole_credentials() -> Result<()> {
+    let (keyhole, key) = start().await?;
+
+    let output = fetch(&keyhole, &key, "https://allowed.test/headers").await?;
+
+    assert_eq!(output["status"], 200, "the guest saw {output}");
+    let seen = keyhole.upstream().request_to("/headers")?;
+    for (name, value) in &seen.headers {
+        assert!(
+            !value.contains(keyhole.admin_token()) && !value.contains(&key.secret),
+            "the upstream received a Keyhole credential in `{name}`"
+        );
+    }
+    Ok(())
+}

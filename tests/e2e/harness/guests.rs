@@ -1,0 +1,108 @@
+//! The plugins the tests upload, built from source once per test process.
+//!
+//! Each plugin workspace builds with its own `cargo build` and its own target directory, so the
+//! nested build never waits on the lock of the `cargo test` that started this process.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anyhow::{Context, Result, anyhow, ensure};
+
+/// The guests' target triple, also set in each workspace's `.cargo/config.toml`.
+const TARGET: &str = "wasm32-wasip2";
+
+/// The built `.wasm` files.
+pub(crate) struct Guests {
+    weather: PathBuf,
+    probe: PathBuf,
+}
+
+impl Guests {
+    /// The example plugin `examples/weather`.
+    pub(crate) fn weather(&self) -> Result<Vec<u8>> {
+        read(&self.weather)
+    }
+
+    /// Where the weather plugin's `.wasm` file is, for the CLI to upload.
+    pub(crate) fn weather_path(&self) -> &Path {
+        &self.weather
+    }
+
+    /// The test plugin `tests/plugins/probe`.
+    pub(crate) fn probe(&self) -> Result<Vec<u8>> {
+        read(&self.probe)
+    }
+
+    /// Where the probe plugin's `.wasm` file is, for the CLI to upload.
+    pub(crate) fn probe_path(&self) -> &Path {
+        &self.probe
+    }
+}
+
+/// Builds the guests on the first call; later calls, from any test, share the result.
+pub(crate) async fn guests() -> Result<&'static Guests> {
+    static GUESTS: OnceLock<Result<Guests, String>> = OnceLock::new();
+
+    // The build blocks for a while; keep the test's runtime free to drive anything else.
+    let built = tokio::task::spawn_blocking(|| {
+        GUESTS.get_or_init(|| build_all().map_err(|err| format!("{err:#}")))
+    })
+    .await?;
+    built
+        .as_ref()
+        .map_err(|err| anyhow!("the test plugins did not build: {err}"))
+}
+
+fn build_all() -> Result<Guests> {
+    let root = repo_root();
+    Ok(Guests {
+        weather: build(&root.join("examples"), "weather")?,
+        probe: build(&root.join("tests/plugins"), "probe")?,
+    })
+}
+
+/// The repository's root: the parent of the `host` package that this test belongs to.
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the host package lives inside the repository")
+        .to_path_buf()
+}
+
+/// Builds the workspace at `dir` in release mode and returns the path of `crate_name`'s `.wasm`.
+fn build(dir: &Path, crate_name: &str) -> Result<PathBuf> {
+    let target_dir = dir.join("target");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(dir)
+        .args(["build", "--release", "--target", TARGET, "--target-dir"])
+        .arg(&target_dir)
+        // Settings meant for the outer, native build must not redirect or retarget this one.
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_BUILD_TARGET_DIR")
+        .output()
+        .with_context(|| format!("could not run cargo in {}", dir.display()))?;
+    ensure!(
+        output.status.success(),
+        "`cargo build --release` in {} failed:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let wasm = target_dir
+        .join(TARGET)
+        .join("release")
+        .join(format!("{crate_name}.wasm"));
+    ensure!(
+        wasm.is_file(),
+        "the build did not produce {}",
+        wasm.display()
+    );
+    Ok(wasm)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("could not read {}", path.display()))
+}

@@ -1,0 +1,45 @@
+//! What the tests drive: the `keyhole` binary ([`server`]), the HTTPS upstream its plugins reach
+//! ([`upstream`]), and the plugins themselves, built from source ([`guests`]).
+
+mod guests;
+mod server;
+mod upstream;
+
+use anyhow::Result;
+use serde_json::json;
+
+pub(crate) use guests::guests;
+pub(crate) use server::{ApiKey, KEYHOLE, Keyhole, Reply, ReplyExt, remove_keyhole_env};
+
+/// The value the tests give the probe's required `greeting` setting.
+pub(crate) const GREETING: &str = "hello from the tests";
+
+/// Uploads the weather example.
+pub(crate) async fn install_weather(keyhole: &Keyhole) -> Result<()> {
+    let wasm = guests().await?.weather()?;
+    keyhole.upload(wasm).await?.expect(201)?;
+    Ok(())
+}
+
+/// Uploads the probe without setting anything: its tools refuse to run until `greeting` is set.
+pub(crate) async fn upload_probe(keyhole: &Keyhole) -> Result<()> {
+    let wasm = guests().await?.probe()?;
+    keyhole.upload(wasm).await?.expect(201)?;
+    Ok(())
+}
+
+/// Uploads the probe and sets its required setting, so that its tools can run.
+pub(crate) async fn install_probe(keyhole: &Keyhole) -> Result<()> {
+    upload_probe(keyhole).await?;
+    let settings = json!({ "greeting": GREETING });
+    keyhole.configure("probe", settings).await?.expect(200)?;
+    Ok(())
+}
+
+/// Asks the weather example for the current weather in `city`.
+pub(crate) async fn current_weather(keyhole: &Keyhole, key: &ApiKey, city: &str) -> Result<Reply> {
+    let arguments = json!({ "city": city });
+    keyhole
+        .invoke(key, "weather", "current_weather", arguments)
+        .await
+}

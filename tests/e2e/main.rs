@@ -1,0 +1,22 @@
+//! End-to-end tests: the real `keyhole` binary, real plugins built from source, and a local
+//! HTTPS upstream standing in for the services the plugins call.
+//!
+//! Every test starts its own server on a free loopback port with its own data directory, so the
+//! tests run in parallel and share nothing but the built plugins.
+//!
+//! # Layout
+//! - [`harness`]: the server process, the upstream, the plugin builds.
+//! - [`api`]: the admin and chat-backend API with working plugins.
+//! - [`auth`]: admin token, API keys and tenants.
+//! - [`bad_input`]: what the server refuses, and how.
+//! - [`egress`]: which requests leave the sandbox.
+//! - [`durability`]: what survives a restart or a crash.
+//! - [`cli`]: the client commands of the binary.
+
+mod api;
+mod auth;
+mod bad_input;
+mod cli;
+mod durability;
+mod egress;
+mod harness;
