@@ -481,3 +481,35 @@ async fn argument_values_never_reach_the_server_log() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn hacker_news_lists_the_top_stories() -> Result<()> {
+    let keyhole = Keyhole::start().await?;
+    keyhole
+        .upload(guests().await?.hacker_news()?)
+        .await?
+        .expect(201)?;
+    let key = keyhole.create_api_key("acme").await?;
+
+    let reply = keyhole
+        .invoke(&key, "hacker-news", "top_stories", json!({"count": 1}))
+        .await?;
+    let output = reply.expect(200)?["output"].take();
+
+    assert_eq!(output.as_array().map(Vec::len), Some(1), "{output}");
+    assert_eq!(output[0]["id"], 8863);
+    assert_eq!(output[0]["title"], "Story 8863");
+    assert!(keyhole.upstream().request_to("/v0/item/8863.json").is_ok());
+    assert!(
+        keyhole
+            .upstream()
+            .request_to("/v0/item/121003.json")
+            .is_err()
+    );
+
+    let too_many = keyhole
+        .invoke(&key, "hacker-news", "top_stories", json!({"count": 50}))
+        .await?;
+    too_many.expect_error(400, "invalid_arguments")?;
+    Ok(())
+}

@@ -15,6 +15,7 @@ const TARGET: &str = "wasm32-wasip2";
 /// The built `.wasm` files.
 pub(crate) struct Guests {
     weather: PathBuf,
+    hacker_news: PathBuf,
     probe: PathBuf,
 }
 
@@ -27,6 +28,11 @@ impl Guests {
     /// Where the weather plugin's `.wasm` file is, for the CLI to upload.
     pub(crate) fn weather_path(&self) -> &Path {
         &self.weather
+    }
+
+    /// The example plugin `examples/hacker-news`.
+    pub(crate) fn hacker_news(&self) -> Result<Vec<u8>> {
+        read(&self.hacker_news)
     }
 
     /// The test plugin `tests/plugins/probe`.
@@ -58,6 +64,7 @@ fn build_all() -> Result<Guests> {
     let root = repo_root();
     Ok(Guests {
         weather: build(&root.join("examples"), "weather")?,
+        hacker_news: build(&root.join("examples"), "hacker_news")?,
         probe: build(&root.join("tests/plugins"), "probe")?,
     })
 }

@@ -35,6 +35,7 @@ pub(crate) const OVERRIDDEN_HOSTS: &[&str] = &[
     "geocoding-api.open-meteo.com",
     "allowed.test",
     "api.wild.test",
+    "hacker-news.firebaseio.com",
 ];
 
 /// A request the upstream received.
@@ -230,7 +231,8 @@ fn answer(request: &Request<Incoming>, seen: &Mutex<Seen>) -> Response<Full<Byte
         .expect("a static response is valid")
 }
 
-/// Open-Meteo's answers for Berlin, and an echo of the path for anything else.
+/// Open-Meteo's answers for Berlin, Hacker News' stories, and an echo of the path for anything
+/// else.
 fn body_for(request: &SeenRequest) -> Value {
     match request.path() {
         "/v1/search" if request.query("name").as_deref() == Some("Nowhere") => {
@@ -270,6 +272,23 @@ fn body_for(request: &SeenRequest) -> Value {
                 "weather_code": 3
             }
         }),
+        "/v0/topstories.json" => json!([8863, 121003]),
+        path if path.starts_with("/v0/item/") => {
+            let id: u64 = path["/v0/item/".len()..]
+                .trim_end_matches(".json")
+                .parse()
+                .unwrap_or(0);
+            json!({
+                "by": "dhouston",
+                "descendants": 71,
+                "id": id,
+                "score": 111,
+                "time": 1175714200,
+                "title": format!("Story {id}"),
+                "type": "story",
+                "url": format!("https://example.com/{id}")
+            })
+        }
         path => json!({ "path": path }),
     }
 }
