@@ -45,6 +45,23 @@ pub enum ClientError {
     Usage(String),
 }
 
+impl ClientError {
+    /// The fields of an API error beyond its code and message (such as the list of argument
+    /// problems), pretty-printed, if there are any.
+    pub fn details(&self) -> Option<String> {
+        let Self::Api { body, .. } = self else {
+            return None;
+        };
+        let mut error = body.get("error")?.as_object()?.clone();
+        error.remove("code");
+        error.remove("message");
+        if error.is_empty() {
+            return None;
+        }
+        serde_json::to_string_pretty(&error).ok()
+    }
+}
+
 /// A client of one server.
 pub struct Client {
     http: reqwest::Client,

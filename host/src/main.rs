@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use keyhole::api::{AppState, BodyLimits, router};
 use keyhole::auth::Auth;
-use keyhole::client::Client;
+use keyhole::client::{Client, ClientError};
 use keyhole::config::{Config, EgressOverride};
 use keyhole::egress::Egress;
 use keyhole::registry::Registry;
@@ -227,6 +227,12 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
+            if let Some(details) = err
+                .downcast_ref::<ClientError>()
+                .and_then(ClientError::details)
+            {
+                eprintln!("{details}");
+            }
             std::process::ExitCode::FAILURE
         }
     }

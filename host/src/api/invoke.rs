@@ -36,7 +36,7 @@ impl AppState {
             tool = call.tool,
             user = call.user,
             tenant = call.tenant,
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            elapsed_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
             outcome,
             "tool call"
         );
