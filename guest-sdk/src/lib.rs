@@ -49,10 +49,12 @@
 //! - [`error`]: [`ToolError`], the typed failure a tool returns.
 //! - [`http`]: a blocking HTTP client over `wasi:http`, the plugin's only way out.
 //! - [`log`] and [`setting`]: the host's logging and the admin's settings.
+//! - [`oauth`]: declaring an OAuth 2.0 provider, and the placeholders the host fills in.
 
 mod error;
 pub mod http;
 pub mod log;
+pub mod oauth;
 mod plugin;
 mod settings;
 

@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use crate::__private::WitToolError;
+use crate::oauth::OAuth;
 use crate::ToolError;
 
 /// The version of the description format this SDK writes (`wit/description.schema.json`).
@@ -22,6 +23,10 @@ pub trait Tool: DeserializeOwned + JsonSchema {
     /// What the tool does, written for a language model deciding whether to call it.
     const DESCRIPTION: &'static str;
 
+    /// Whether the tool acts on the user's account: the host runs it only for users who have
+    /// authorized the plugin (see [`Plugin::oauth`]), and asks the others to authorize first.
+    const REQUIRES_AUTHORIZATION: bool = false;
+
     /// What the tool returns, serialized to JSON for the caller.
     type Output: Serialize;
 
@@ -35,6 +40,7 @@ pub struct Setting {
     name: &'static str,
     description: &'static str,
     required: bool,
+    secret_hosts: Option<Vec<&'static str>>,
 }
 
 impl Setting {
@@ -44,6 +50,7 @@ impl Setting {
             name,
             description,
             required: true,
+            secret_hosts: None,
         }
     }
 
@@ -53,6 +60,19 @@ impl Setting {
             name,
             description,
             required: false,
+            secret_hosts: None,
+        }
+    }
+
+    /// A required, write-only secret such as an API key: the plugin can never read it. Write
+    /// [`crate::oauth::secret_setting`]`(name)` where the key goes in a request to one of
+    /// `hosts`, and the host substitutes it; a request that carries it anywhere else is refused.
+    pub fn secret(name: &'static str, description: &'static str, hosts: &[&'static str]) -> Self {
+        Self {
+            name,
+            description,
+            required: true,
+            secret_hosts: Some(hosts.to_vec()),
         }
     }
 }
@@ -61,6 +81,7 @@ impl Setting {
 struct ToolEntry {
     name: &'static str,
     description: &'static str,
+    requires_authorization: bool,
     parameters: fn() -> Value,
     run: fn(&str) -> Result<Value, ToolError>,
 }
@@ -77,6 +98,7 @@ pub struct Plugin {
     hosts: Vec<&'static str>,
     settings: Vec<Setting>,
     tools: Vec<ToolEntry>,
+    oauth: Option<OAuth>,
 }
 
 impl Plugin {
@@ -98,6 +120,7 @@ impl Plugin {
             hosts: Vec::new(),
             settings: Vec::new(),
             tools: Vec::new(),
+            oauth: None,
         }
     }
 
@@ -114,11 +137,19 @@ impl Plugin {
         self
     }
 
+    /// Declares the OAuth 2.0 provider that tools with [`Tool::REQUIRES_AUTHORIZATION`] act
+    /// through.
+    pub fn oauth(mut self, oauth: OAuth) -> Self {
+        self.oauth = Some(oauth);
+        self
+    }
+
     /// Adds a tool.
     pub fn tool<T: Tool>(mut self) -> Self {
         self.tools.push(ToolEntry {
             name: T::NAME,
             description: T::DESCRIPTION,
+            requires_authorization: T::REQUIRES_AUTHORIZATION,
             parameters: parameters_of::<T>,
             run: run_tool::<T>,
         });
@@ -134,6 +165,7 @@ impl Plugin {
                     "name": tool.name,
                     "description": tool.description,
                     "parameters": (tool.parameters)(),
+                    "requires_authorization": tool.requires_authorization,
                 })
             })
             .collect();
@@ -141,15 +173,20 @@ impl Plugin {
             .settings
             .iter()
             .map(|setting| {
-                json!({
+                let mut json = json!({
                     "name": setting.name,
                     "description": setting.description,
                     "required": setting.required,
-                })
+                });
+                if let Some(hosts) = &setting.secret_hosts {
+                    json["secret"] = json!(true);
+                    json["hosts"] = json!(hosts);
+                }
+                json
             })
             .collect();
 
-        json!({
+        let mut description = json!({
             "description_version": DESCRIPTION_VERSION,
             "id": self.id,
             "name": self.name,
@@ -158,7 +195,11 @@ impl Plugin {
             "tools": tools,
             "hosts": self.hosts,
             "settings": settings,
-        })
+        });
+        if let Some(oauth) = &self.oauth {
+            description["oauth"] = oauth.to_json();
+        }
+        description
     }
 }
 
@@ -233,6 +274,7 @@ mod tests {
     impl Tool for Nothing {
         const NAME: &'static str = "nothing";
         const DESCRIPTION: &'static str = "Does nothing.";
+        const REQUIRES_AUTHORIZATION: bool = true;
         type Output = ();
 
         fn run(self) -> Result<(), ToolError> {
@@ -244,6 +286,15 @@ mod tests {
         Plugin::new("calc", "Calculator", "1.0.0", "Arithmetic.")
             .host("api.example.com")
             .setting(Setting::required("precision", "Digits."))
+            .setting(Setting::secret("api_key", "The key.", &["api.example.com"]))
+            .oauth(
+                OAuth::new("https://example.com/auth", "https://example.com/token")
+                    .scope("read")
+                    .api_host("api.example.com")
+                    .param("access_type", "offline")
+                    .comma_separated_scopes()
+                    .token_path("/authed_user"),
+            )
             .tool::<Add>()
             .tool::<Nothing>()
     }
@@ -270,6 +321,10 @@ mod tests {
             json!({})
         );
         assert_eq!(description["settings"][0]["required"], json!(true));
+        assert_eq!(description["settings"][1]["secret"], json!(true));
+        assert_eq!(description["tools"][1]["requires_authorization"], json!(true));
+        assert_eq!(description["oauth"]["scope_separator"], json!(","));
+        assert_eq!(description["oauth"]["authorization_params"]["access_type"], json!("offline"));
     }
 
     #[test]

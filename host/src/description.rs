@@ -6,12 +6,13 @@
 //! `wit/description.schema.json` and is the first check; the rules a schema cannot express
 //! (unique names, compilable argument schemas) follow.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::LazyLock;
 
 use jsonschema::{Retrieve, Uri, Validator};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 /// The published schema of the description document.
 pub const DESCRIPTION_SCHEMA: &str = include_str!("../../wit/description.schema.json");
@@ -43,6 +44,95 @@ pub struct Description {
     /// The settings it reads.
     #[serde(default)]
     pub settings: Vec<SettingSpec>,
+    /// How it gets the user's authorization, when a tool acts on the user's account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<OAuthSpec>,
+}
+
+/// The OAuth 2.0 provider a plugin's tools act through, and how it departs from the RFC.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OAuthSpec {
+    /// Where the user's browser is sent to authorize.
+    pub authorization_url: String,
+    /// Where codes are exchanged and tokens refreshed; it receives the client secret.
+    pub token_url: String,
+    /// Where tokens are revoked when the user disconnects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_url: Option<String>,
+    /// The scopes asked for.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The only hosts the user's token is sent to.
+    pub api_hosts: Vec<String>,
+    /// Extra query parameters of the authorization URL.
+    #[serde(default)]
+    pub authorization_params: BTreeMap<String, String>,
+    /// How scopes are joined.
+    #[serde(default = "default_scope_separator")]
+    pub scope_separator: String,
+    /// How the client authenticates at the token endpoint.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// The body format of token requests.
+    #[serde(default)]
+    pub token_request_format: TokenRequestFormat,
+    /// Whether PKCE (S256) is used.
+    #[serde(default = "default_true")]
+    pub pkce: bool,
+    /// JSON Pointer to the token fields in the token response.
+    #[serde(default)]
+    pub token_path: String,
+}
+
+/// How the client authenticates at the token endpoint; exactly one is sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// HTTP Basic with the client id and secret (RFC 6749 §2.3.1).
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` in the request body.
+    Form,
+}
+
+/// The body format of token requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenRequestFormat {
+    /// `application/x-www-form-urlencoded`, as the RFC says.
+    #[default]
+    Form,
+    /// `application/json`.
+    Json,
+}
+
+fn default_scope_separator() -> String {
+    " ".to_owned()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl OAuthSpec {
+    /// What the admin approves by setting the OAuth client: where the secret and the tokens
+    /// go and what is asked for. A new version that changes any of it needs approval again.
+    pub fn approval_fingerprint(&self) -> String {
+        let approved = serde_json::json!({
+            "authorization_url": self.authorization_url,
+            "token_url": self.token_url,
+            "revocation_url": self.revocation_url,
+            "api_hosts": self.api_hosts,
+            "scopes": self.scopes,
+        });
+        hex::encode(Sha256::digest(approved.to_string().as_bytes()))
+    }
+
+    /// Whether existing tokens must be dropped when moving from `self` to `next`: the tokens
+    /// would otherwise reach a token endpoint or hosts the user never agreed to.
+    pub fn invalidates_tokens(&self, next: &OAuthSpec) -> bool {
+        self.token_url != next.token_url || self.api_hosts != next.api_hosts
+    }
 }
 
 /// One tool as the plugin declares it.
@@ -54,6 +144,9 @@ pub struct ToolSpec {
     pub description: String,
     /// JSON Schema of the arguments object.
     pub parameters: Value,
+    /// Whether the tool runs only for users who authorized the plugin.
+    #[serde(default)]
+    pub requires_authorization: bool,
 }
 
 /// One setting as the plugin declares it.
@@ -66,6 +159,12 @@ pub struct SettingSpec {
     /// Whether calls are refused while it is unset.
     #[serde(default)]
     pub required: bool,
+    /// A write-only secret, never readable by the plugin.
+    #[serde(default)]
+    pub secret: bool,
+    /// For a secret: the only hosts its placeholder may be sent to.
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 /// Why a description was refused.
@@ -114,10 +213,31 @@ impl Description {
             }
         }
 
+        if let Some(tool) = self.tools.iter().find(|tool| tool.requires_authorization)
+            && self.oauth.is_none()
+        {
+            return invalid(format!(
+                "the tool `{}` requires authorization but the plugin declares no `oauth`",
+                tool.name
+            ));
+        }
+
         let mut settings = BTreeSet::new();
         for setting in &self.settings {
             if !settings.insert(&setting.name) {
                 return invalid(format!("two settings are named `{}`", setting.name));
+            }
+            if setting.secret && setting.hosts.is_empty() {
+                return invalid(format!(
+                    "the secret setting `{}` must declare the hosts it is sent to",
+                    setting.name
+                ));
+            }
+            if !setting.secret && !setting.hosts.is_empty() {
+                return invalid(format!(
+                    "only secret settings declare hosts, and `{}` is not secret",
+                    setting.name
+                ));
             }
         }
         Ok(())
@@ -268,6 +388,56 @@ mod tests {
             Description::parse("{"),
             Err(DescriptionError::NotJson(_))
         ));
+    }
+
+    #[test]
+    fn reads_an_oauth_block_with_its_defaults() {
+        let mut value = valid();
+        value["oauth"] = json!({
+            "authorization_url": "https://slack.com/oauth/v2/authorize",
+            "token_url": "https://slack.com/api/oauth.v2.access",
+            "scopes": ["chat:write"],
+            "api_hosts": ["slack.com"],
+            "scope_separator": ",",
+            "token_path": "/authed_user"
+        });
+        value["tools"][0]["requires_authorization"] = json!(true);
+        let oauth = parse(&value).unwrap().oauth.unwrap();
+        assert_eq!(oauth.client_auth, ClientAuth::Basic);
+        assert_eq!(oauth.token_request_format, TokenRequestFormat::Form);
+        assert!(oauth.pkce);
+        assert_eq!(oauth.scope_separator, ",");
+        assert_eq!(oauth.token_path, "/authed_user");
+    }
+
+    #[test]
+    fn refuses_inconsistent_oauth_and_secrets() {
+        let mut value = valid();
+        value["tools"][0]["requires_authorization"] = json!(true);
+        assert!(parse(&value).is_err(), "authorization without oauth");
+
+        let mut value = valid();
+        value["oauth"] = json!({
+            "authorization_url": "http://example.com/auth",
+            "token_url": "https://example.com/token",
+            "api_hosts": ["api.example.com"]
+        });
+        assert!(parse(&value).is_err(), "plain http authorization URL");
+
+        let mut value = valid();
+        value["oauth"] = json!({
+            "authorization_url": "https://example.com/auth",
+            "token_url": "https://example.com/token",
+            "api_hosts": ["api.example.com"],
+            "authorization_params": {"redirect_uri": "https://evil.example"}
+        });
+        assert!(parse(&value).is_err(), "a parameter the host sets itself");
+
+        let mut value = valid();
+        value["settings"][0]["secret"] = json!(true);
+        assert!(parse(&value).is_err(), "a secret without hosts");
+        value["settings"][0]["hosts"] = json!(["api.example.com"]);
+        assert!(parse(&value).is_ok());
     }
 
     #[test]
