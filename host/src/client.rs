@@ -207,23 +207,17 @@ impl Client {
         id: &str,
         changes: &[String],
     ) -> Result<Value, ClientError> {
-        let plugin = self.plugin(id).await?;
         let mut settings = serde_json::Map::new();
-        for setting in plugin["settings"].as_array().into_iter().flatten() {
-            if let (Some(name), Some(value)) = (setting["name"].as_str(), setting["value"].as_str())
-            {
-                settings.insert(name.to_owned(), json!(value));
-            }
-        }
         for change in changes {
             let (name, value) = change
                 .split_once('=')
                 .ok_or_else(|| ClientError::Usage(format!("`{change}` is not NAME=VALUE")))?;
-            if value.is_empty() {
-                settings.remove(name);
+            let value = if value.is_empty() {
+                Value::Null
             } else {
-                settings.insert(name.to_owned(), json!(value));
-            }
+                json!(value)
+            };
+            settings.insert(name.to_owned(), value);
         }
         self.send_json(
             Method::PUT,

@@ -12,6 +12,9 @@
 //! - [`runtime`]: the wasmtime engine, compiling and caching components, running calls; one file
 //!   per WIT interface the host implements (`runtime/host_api.rs` for `keyhole:plugin/host`).
 //! - [`egress`]: the `wasi:http` hook and the shared HTTP client behind it.
+//! - [`oauth`]: OAuth 2.0 for plugins: the admin's client, the user's authorization flow, tokens
+//!   sealed in the store and refreshed single-flight.
+//! - [`vault`]: encryption at rest of tokens and secrets.
 //! - [`registry`]: the installed plugins, loaded and ready to instantiate, cached in memory.
 //! - [`store`]: durable state behind the [`store::Store`] trait, with a sled implementation.
 //! - [`auth`]: the admin token and the chat backends' API keys.
@@ -24,7 +27,9 @@ pub mod client;
 pub mod config;
 pub mod description;
 pub mod egress;
+pub mod oauth;
 pub mod registry;
 pub mod runtime;
 pub mod store;
 mod time;
+pub mod vault;

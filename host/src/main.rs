@@ -5,15 +5,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
 use clap::{Args, Parser, Subcommand};
 use keyhole::api::{AppState, BodyLimits, router};
 use keyhole::auth::Auth;
 use keyhole::client::{Client, ClientError};
 use keyhole::config::{Config, EgressOverride};
 use keyhole::egress::Egress;
+use keyhole::oauth::OAuth;
 use keyhole::registry::Registry;
 use keyhole::runtime::{Runtime, RuntimeLimits};
 use keyhole::store::{SledStore, Store};
+use keyhole::vault::Vault;
 
 use tokio::sync::Semaphore;
 use url::Url;
@@ -305,35 +309,55 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("Admin token (shown once; keep it): {}", token.0);
     }
 
+    let data_dir =
+        Dir::open_ambient_dir(&config.data_dir, ambient_authority()).with_context(|| {
+            format!(
+                "cannot open the data directory {}",
+                config.data_dir.display()
+            )
+        })?;
+    let master_key = std::env::var("KEYHOLE_MASTER_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    let vault = Arc::new(Vault::open(&data_dir, master_key.as_deref())?);
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let bound = listener.local_addr()?;
+    let public_url = config.public_url(bound);
+
     let egress = Arc::new(Egress::new(&config.egress)?);
     let limits = RuntimeLimits {
         call_timeout: config.call_timeout(),
         max_concurrent_calls: config.max_concurrent_calls,
         max_memory_bytes: config.max_memory_bytes,
     };
-    let runtime = Arc::new(Runtime::new(&limits, egress)?);
-    let registry = Arc::new(Registry::open(runtime.clone(), store.clone())?);
+    let runtime = Arc::new(Runtime::new(&limits, egress.clone())?);
+    let registry = Arc::new(Registry::open(
+        runtime.clone(),
+        store.clone(),
+        vault.clone(),
+    )?);
     install_at_start(&registry, &args.install).await?;
+    let oauth = Arc::new(OAuth::new(store.clone(), vault, egress, public_url.clone()));
 
     let state = AppState {
         registry,
         auth: Arc::new(auth),
         runtime,
         store: store.clone(),
+        oauth,
         calls: Arc::new(Semaphore::new(config.max_concurrent_calls as usize)),
+        limits: BodyLimits {
+            upload: config.max_upload_bytes,
+            json: config.max_request_bytes,
+        },
     };
-    let body_limits = BodyLimits {
-        upload: config.max_upload_bytes,
-        json: config.max_request_bytes,
-    };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let bound = listener.local_addr()?;
-    tracing::info!(address = %bound, public_url = %config.public_url(bound), "serving");
+    tracing::info!(address = %bound, public_url = %public_url, "serving");
     println!("keyhole listening on http://{bound}");
 
-    axum::serve(listener, router(state, body_limits))
+    axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     store.flush()?;

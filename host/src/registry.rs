@@ -2,18 +2,19 @@
 //! up in the store: the description, argument validators, host policy and settings are all here.
 //! The store stays the truth; every change is written there first.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use jsonschema::Validator;
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
-use crate::description::Description;
-use crate::egress::HostPolicy;
+use crate::description::{Description, OAuthSpec};
+use crate::egress::{HostPolicy, SecretSetting};
 use crate::runtime::{CallContext, CallState, LoadError, PluginPre, Runtime};
-use crate::store::{PluginRecord, Store, StoreError};
+use crate::store::{PluginRecord, Space, Store, StoreError};
 use crate::time::now_unix;
+use crate::vault::{Secret, Vault};
 
 /// One installed plugin, ready to call.
 pub struct InstalledPlugin {
@@ -25,6 +26,12 @@ pub struct InstalledPlugin {
     pub validators: Arc<HashMap<String, Validator>>,
     /// What each call needs: id, host policy, settings.
     pub context: CallContext,
+    /// Secret settings, unsealed; they reach requests only through their placeholders.
+    pub secrets: Arc<BTreeMap<String, Secret>>,
+    /// The OAuth provider, if the plugin declares one.
+    pub oauth: Option<Arc<OAuthSpec>>,
+    /// The hosts the user's token goes to.
+    pub api_hosts: HostPolicy,
 }
 
 impl InstalledPlugin {
@@ -38,12 +45,36 @@ impl InstalledPlugin {
         self.description()
             .settings
             .iter()
-            .filter(|spec| spec.required && !self.context.settings.contains_key(&spec.name))
+            .filter(|spec| {
+                spec.required
+                    && !self.context.settings.contains_key(&spec.name)
+                    && !self.secrets.contains_key(&spec.name)
+            })
             .map(|spec| spec.name.clone())
             .collect()
     }
 
-    fn with_settings(&self, settings: BTreeMap<String, String>) -> Self {
+    /// The secret settings as the egress uses them: each with the hosts it may go to.
+    pub fn secret_settings(&self) -> Vec<SecretSetting> {
+        self.description()
+            .settings
+            .iter()
+            .filter_map(|spec| {
+                let value = self.secrets.get(&spec.name)?;
+                Some(SecretSetting {
+                    name: spec.name.clone(),
+                    value: value.clone(),
+                    hosts: HostPolicy::new(&spec.hosts),
+                })
+            })
+            .collect()
+    }
+
+    fn with_settings(
+        &self,
+        settings: BTreeMap<String, String>,
+        secrets: BTreeMap<String, Secret>,
+    ) -> Self {
         Self {
             record: self.record.clone(),
             pre: self.pre.clone(),
@@ -53,6 +84,9 @@ impl InstalledPlugin {
                 policy: self.context.policy.clone(),
                 settings: Arc::new(settings),
             },
+            secrets: Arc::new(secrets),
+            oauth: self.oauth.clone(),
+            api_hosts: self.api_hosts.clone(),
         }
     }
 }
@@ -78,6 +112,7 @@ pub enum RegistryError {
 pub struct Registry {
     runtime: Arc<Runtime>,
     store: Arc<dyn Store>,
+    vault: Arc<Vault>,
     plugins: RwLock<HashMap<String, Arc<InstalledPlugin>>>,
     /// Serialises changes, so that the store and the cache change in the same order.
     writes: Mutex<()>,
@@ -86,11 +121,15 @@ pub struct Registry {
 impl Registry {
     /// Loads every installed plugin from the store, recompiling those compiled by another
     /// engine. A plugin that no longer loads is logged and skipped, not fatal.
-    pub fn open(runtime: Arc<Runtime>, store: Arc<dyn Store>) -> Result<Self, StoreError> {
+    pub fn open(
+        runtime: Arc<Runtime>,
+        store: Arc<dyn Store>,
+        vault: Arc<Vault>,
+    ) -> Result<Self, StoreError> {
         let mut plugins = HashMap::new();
         for record in store.plugins()? {
             let id = record.description.id.clone();
-            match load_installed(&runtime, store.as_ref(), record) {
+            match load_installed(&runtime, store.as_ref(), &vault, record) {
                 Ok(plugin) => {
                     plugins.insert(id, Arc::new(plugin));
                 }
@@ -102,6 +141,7 @@ impl Registry {
         Ok(Self {
             runtime,
             store,
+            vault,
             plugins: RwLock::new(plugins),
             writes: Mutex::new(()),
         })
@@ -126,11 +166,11 @@ impl Registry {
     }
 
     /// Installs a plugin from its component, replacing one with the same id; answers the plugin
-    /// and whether it replaced another. Settings the new version no longer declares are dropped.
+    /// and the one it replaced. Settings the new version no longer declares are dropped.
     pub async fn install(
         &self,
         wasm: Vec<u8>,
-    ) -> Result<(Arc<InstalledPlugin>, bool), RegistryError> {
+    ) -> Result<(Arc<InstalledPlugin>, Option<Arc<InstalledPlugin>>), RegistryError> {
         let (loaded, artifact) = self.runtime.load_new(&wasm).await?;
         let description = loaded.description;
         let id = description.id.clone();
@@ -141,24 +181,39 @@ impl Registry {
         };
 
         let _write = self.writes.lock().await;
+        let declared = |secret: bool| {
+            let names: BTreeSet<String> = record
+                .description
+                .settings
+                .iter()
+                .filter(|spec| spec.secret == secret)
+                .map(|spec| spec.name.clone())
+                .collect();
+            names
+        };
+        let (plain, secret) = (declared(false), declared(true));
         let mut settings = self.store.settings(&id)?;
-        settings.retain(|name, _| record.description.settings.iter().any(|s| &s.name == name));
+        settings.retain(|name, _| plain.contains(name));
+        let mut secrets = read_secrets(self.store.as_ref(), &self.vault, &id)?;
+        secrets.retain(|name, _| secret.contains(name));
+
         let store = self.store.clone();
         let stored = record.clone();
         let kept = settings.clone();
+        let sealed = seal_secrets(&self.vault, &id, &secrets);
         blocking(move || {
             store.put_plugin(&stored, &wasm, &artifact)?;
-            store.put_settings(&stored.description.id, &kept)
+            store.put_settings(&stored.description.id, &kept)?;
+            store.put(Space::Secrets, &stored.description.id, &sealed)
         })
         .await?;
 
-        let plugin = Arc::new(assemble(record, loaded.pre, settings)?);
+        let plugin = Arc::new(assemble(record, loaded.pre, settings, secrets)?);
         let replaced = self
             .plugins
             .write()
             .expect("registry lock")
-            .insert(id, plugin.clone())
-            .is_some();
+            .insert(id, plugin.clone());
         Ok((plugin, replaced))
     }
 
@@ -167,49 +222,110 @@ impl Registry {
         let _write = self.writes.lock().await;
         let store = self.store.clone();
         let owned = id.to_owned();
-        if !blocking(move || store.delete_plugin(&owned)).await? {
+        let existed = blocking(move || {
+            let existed = store.delete_plugin(&owned)?;
+            store.take(Space::Secrets, &owned)?;
+            Ok(existed)
+        })
+        .await?;
+        if !existed {
             return Err(RegistryError::NotFound(id.to_owned()));
         }
         self.plugins.write().expect("registry lock").remove(id);
         Ok(())
     }
 
-    /// Replaces a plugin's settings; every name must be declared.
-    pub async fn set_settings(
+    /// Changes a plugin's settings: each named setting is set, or unset when `None`; the
+    /// others keep their values. Every name must be declared; secret ones are sealed.
+    pub async fn update_settings(
         &self,
         id: &str,
-        settings: BTreeMap<String, String>,
+        changes: BTreeMap<String, Option<String>>,
     ) -> Result<Arc<InstalledPlugin>, RegistryError> {
         let _write = self.writes.lock().await;
         let plugin = self
             .get(id)
             .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
-        let unknown: Vec<String> = settings
+        let spec_of = |name: &str| {
+            plugin
+                .description()
+                .settings
+                .iter()
+                .find(|s| s.name == name)
+        };
+        let unknown: Vec<String> = changes
             .keys()
-            .filter(|name| {
-                !plugin
-                    .description()
-                    .settings
-                    .iter()
-                    .any(|s| &s.name == *name)
-            })
+            .filter(|name| spec_of(name).is_none())
             .cloned()
             .collect();
         if !unknown.is_empty() {
             return Err(RegistryError::UnknownSettings(unknown));
         }
 
+        let mut settings = (*plugin.context.settings).clone();
+        let mut secrets = (*plugin.secrets).clone();
+        for (name, value) in changes {
+            let secret = spec_of(&name).is_some_and(|spec| spec.secret);
+            match (secret, value) {
+                (false, Some(value)) => drop(settings.insert(name, value)),
+                (false, None) => drop(settings.remove(&name)),
+                (true, Some(value)) => drop(secrets.insert(name, Secret(value))),
+                (true, None) => drop(secrets.remove(&name)),
+            }
+        }
+
         let store = self.store.clone();
         let (owned, stored) = (id.to_owned(), settings.clone());
-        blocking(move || store.put_settings(&owned, &stored)).await?;
+        let sealed = seal_secrets(&self.vault, id, &secrets);
+        blocking(move || {
+            store.put_settings(&owned, &stored)?;
+            store.put(Space::Secrets, &owned, &sealed)
+        })
+        .await?;
 
-        let updated = Arc::new(plugin.with_settings(settings));
+        let updated = Arc::new(plugin.with_settings(settings, secrets));
         self.plugins
             .write()
             .expect("registry lock")
             .insert(id.to_owned(), updated.clone());
         Ok(updated)
     }
+}
+
+fn secrets_key(plugin: &str) -> String {
+    format!("secrets\n{plugin}")
+}
+
+fn seal_secrets(vault: &Vault, plugin: &str, secrets: &BTreeMap<String, Secret>) -> Vec<u8> {
+    let plain: BTreeMap<&str, &str> = secrets
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.expose()))
+        .collect();
+    let json = serde_json::to_vec(&plain).expect("a map of strings serializes");
+    vault.seal(&secrets_key(plugin), &json)
+}
+
+fn read_secrets(
+    store: &dyn Store,
+    vault: &Vault,
+    plugin: &str,
+) -> Result<BTreeMap<String, Secret>, StoreError> {
+    let Some(sealed) = store.get(Space::Secrets, plugin)? else {
+        return Ok(BTreeMap::new());
+    };
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        key: format!("secrets/{plugin}"),
+        reason: reason.to_owned(),
+    };
+    let json = vault
+        .unseal(&secrets_key(plugin), &sealed)
+        .map_err(|_| corrupt("does not open with this master key"))?;
+    let plain: BTreeMap<String, String> =
+        serde_json::from_slice(&json).map_err(|_| corrupt("not a map of strings"))?;
+    Ok(plain
+        .into_iter()
+        .map(|(name, value)| (name, Secret(value)))
+        .collect())
 }
 
 /// Runs a store write on the blocking pool: it ends with an fsync.
@@ -224,6 +340,7 @@ async fn blocking<T: Send + 'static>(
 fn load_installed(
     runtime: &Runtime,
     store: &dyn Store,
+    vault: &Vault,
     record: PluginRecord,
 ) -> Result<InstalledPlugin, RegistryError> {
     let id = record.description.id.clone();
@@ -237,24 +354,39 @@ fn load_installed(
         store.put_compiled(&id, &artifact)?;
     }
     let settings = store.settings(&id)?;
-    assemble(record, loaded.pre, settings)
+    let secrets = read_secrets(store, vault, &id)?;
+    assemble(record, loaded.pre, settings, secrets)
 }
 
 fn assemble(
     record: PluginRecord,
     pre: PluginPre<CallState>,
     settings: BTreeMap<String, String>,
+    secrets: BTreeMap<String, Secret>,
 ) -> Result<InstalledPlugin, RegistryError> {
-    let validators = record
-        .description
+    let description = &record.description;
+    let validators = description
         .argument_validators()
         .map_err(LoadError::Description)?;
+    let oauth = description.oauth.clone().map(Arc::new);
+    let api_hosts: Vec<String> = oauth.iter().flat_map(|o| o.api_hosts.clone()).collect();
+
+    // A request may go to the declared hosts, the API hosts, and the hosts of secret settings.
+    let reachable: Vec<&String> = description
+        .hosts
+        .iter()
+        .chain(&api_hosts)
+        .chain(description.settings.iter().flat_map(|s| &s.hosts))
+        .collect();
     let context = CallContext {
-        plugin: Arc::from(record.description.id.as_str()),
-        policy: Arc::new(HostPolicy::new(&record.description.hosts)),
+        plugin: Arc::from(description.id.as_str()),
+        policy: Arc::new(HostPolicy::new(&reachable)),
         settings: Arc::new(settings),
     };
     Ok(InstalledPlugin {
+        api_hosts: HostPolicy::new(&api_hosts),
+        oauth,
+        secrets: Arc::new(secrets),
         record,
         pre,
         validators: Arc::new(validators),

@@ -398,12 +398,14 @@ async fn plugin_reads_the_settings_the_admin_set() -> Result<()> {
         json!({"text": "x", "greeting": "hi", "mood": "calm"})
     );
 
-    // A PUT replaces all settings: the mood left out is unset afterwards.
+    // A PUT changes the settings it names: null unsets the mood, the greeting is kept.
     let view = keyhole
-        .configure("probe", json!({"greeting": GREETING}))
+        .configure("probe", json!({"greeting": GREETING, "mood": null}))
         .await?
         .expect(200)?;
     assert_eq!(setting_value(&view, "mood"), Value::Null);
+    let view = keyhole.configure("probe", json!({})).await?.expect(200)?;
+    assert_eq!(setting_value(&view, "greeting"), json!(GREETING));
     let echoed = keyhole
         .invoke(&key, "probe", "echo", json!({"text": "x"}))
         .await?

@@ -10,6 +10,7 @@
 //! - [`auth`]: admin token, API keys and tenants.
 //! - [`bad_input`]: what the server refuses, and how.
 //! - [`egress`]: which requests leave the sandbox.
+//! - [`oauth_examples`]: the OAuth example plugins through the whole authorization flow.
 //! - [`durability`]: what survives a restart or a crash.
 //! - [`cli`]: the client commands of the binary.
 
@@ -20,3 +21,4 @@ mod cli;
 mod durability;
 mod egress;
 mod harness;
+mod oauth_examples;

@@ -5,6 +5,8 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use bytes::BytesMut;
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 
 use super::{ApiError, AppState};
@@ -67,40 +69,73 @@ impl FromRequestParts<AppState> for Backend {
     }
 }
 
-/// The request body as bytes, with a size limit answered as 413 `too_large`.
-pub(super) struct Body(pub Bytes);
+/// A plugin upload's bytes, within the upload limit.
+pub(super) struct Upload(pub(super) Bytes);
 
-impl<S: Send + Sync> FromRequest<S> for Body {
+impl FromRequest<AppState> for Upload {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        Bytes::from_request(request, state)
-            .await
-            .map(Body)
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "too_large",
-                        "the request body is over the size limit",
-                    )
-                } else {
-                    ApiError::bad_request(format!("cannot read the request body: {rejection}"))
-                }
-            })
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        read_body(request, state.limits.upload).await.map(Upload)
     }
+}
+
+/// How much of an oversized body is read and dropped before answering 413, so that the client,
+/// still sending, gets the answer instead of a reset connection.
+const MAX_DRAIN_BYTES: usize = 256 * 1024 * 1024;
+
+/// Reads a body up to `limit` bytes; a larger one is answered 413 `too_large`.
+async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
+    let mut stream = request.into_body().into_data_stream();
+    let mut body = BytesMut::new();
+    let mut received = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|err| ApiError::bad_request(format!("cannot read the request body: {err}")))?;
+        received += chunk.len();
+        if received > limit + MAX_DRAIN_BYTES {
+            break;
+        }
+        if received <= limit {
+            body.extend_from_slice(&chunk);
+        }
+    }
+    if received > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the request body is over the limit of {limit} bytes"),
+        ));
+    }
+    Ok(body.freeze())
 }
 
 /// A JSON body, whatever its content type says, with the API's own errors.
 pub(super) struct ApiJson<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let Body(bytes) = Body::from_request(request, state).await?;
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = read_body(request, state.limits.json).await?;
         serde_json::from_slice(&bytes).map(ApiJson).map_err(|err| {
             ApiError::bad_request(format!("the body is not the expected JSON: {err}"))
         })
+    }
+}
+
+/// Path parameters, with the API's own error when they do not decode.
+pub(super) struct ApiPath<T>(pub(super) T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| ApiPath(value))
+            .map_err(|_| {
+                ApiError::bad_request("the URL path is not valid UTF-8 or has the wrong shape")
+            })
     }
 }

@@ -1,5 +1,6 @@
 //! Running one tool call for a chat backend: checks, the call, the log line.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::http::StatusCode;
@@ -7,6 +8,9 @@ use serde_json::Value;
 
 use super::{ApiError, AppState};
 use crate::description::check_arguments;
+use crate::egress::{Credentials, HostPolicy, Refresher};
+use crate::oauth::{ConnectionRef, OAuthError};
+use crate::registry::InstalledPlugin;
 use crate::runtime::{CallError, ToolError};
 
 /// Longest accepted user name, in bytes.
@@ -85,12 +89,29 @@ impl AppState {
             )
         })?;
 
+        let requires_authorization = plugin
+            .description()
+            .tool(call.tool)
+            .is_some_and(|tool| tool.requires_authorization);
+        let credentials = self
+            .credentials(&plugin, call, requires_authorization)
+            .await?;
+
         let arguments = call.arguments.to_string();
-        let output = self
+        let result = self
             .runtime
-            .call(&plugin.pre, &plugin.context, call.tool, &arguments)
-            .await
-            .map_err(|err| call_error(call, err))?;
+            .call(
+                &plugin.pre,
+                &plugin.context,
+                credentials.clone(),
+                call.tool,
+                &arguments,
+            )
+            .await;
+        if requires_authorization && credentials.authorization_lost() {
+            return Err(self.authorization_required(&who(call))?);
+        }
+        let output = result.map_err(|err| call_error(call, err))?;
         serde_json::from_str(&output).map_err(|_| {
             tracing::warn!(
                 plugin = call.plugin,
@@ -100,6 +121,99 @@ impl AppState {
             plugin_failed()
         })
     }
+}
+
+impl AppState {
+    /// The user's token and the plugin's secrets for egress. A tool that requires authorization
+    /// runs only with a token; others get one if the user happens to have it.
+    async fn credentials(
+        &self,
+        plugin: &InstalledPlugin,
+        call: &Invocation<'_>,
+        requires_authorization: bool,
+    ) -> Result<Arc<Credentials>, ApiError> {
+        let secrets = plugin.secret_settings();
+        let Some(spec) = plugin.oauth.clone() else {
+            return Ok(Arc::new(Credentials::new(
+                HostPolicy::default(),
+                None,
+                None,
+                secrets,
+            )));
+        };
+        let api_hosts = plugin.api_hosts.clone();
+        let client = self
+            .oauth
+            .client(call.plugin)
+            .map_err(ApiError::internal)?
+            .filter(|client| client.is_active(&spec));
+        let Some(client) = client else {
+            if requires_authorization {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "oauth_not_configured",
+                    "an admin must set (or confirm) the plugin's OAuth client first",
+                ));
+            }
+            return Ok(Arc::new(Credentials::new(api_hosts, None, None, secrets)));
+        };
+
+        let who = who(call);
+        let token = match self.oauth.access_token(&who, &spec, &client).await {
+            Ok(token) => token,
+            Err(err) if !requires_authorization => {
+                tracing::warn!(plugin = call.plugin, error = %err, "the user's token is unavailable; calling without it");
+                None
+            }
+            Err(err) => return Err(oauth_unavailable(call, &err)),
+        };
+        if token.is_none() && requires_authorization {
+            return Err(self.authorization_required(&who)?);
+        }
+        let refresher = Refresher {
+            oauth: self.oauth.clone(),
+            who,
+            spec,
+            client,
+        };
+        Ok(Arc::new(Credentials::new(
+            api_hosts,
+            token,
+            Some(refresher),
+            secrets,
+        )))
+    }
+
+    /// 403 `authorization_required` with a fresh link for the user.
+    fn authorization_required(&self, who: &ConnectionRef) -> Result<ApiError, ApiError> {
+        let link = self
+            .oauth
+            .authorization_link(who)
+            .map_err(ApiError::internal)?;
+        Ok(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "authorization_required",
+            "the user must connect their account first, by opening `authorize_url` in a browser",
+        )
+        .with("authorize_url", link))
+    }
+}
+
+fn who(call: &Invocation<'_>) -> ConnectionRef {
+    ConnectionRef {
+        plugin: call.plugin.to_owned(),
+        tenant: call.tenant.to_owned(),
+        user: call.user.to_owned(),
+    }
+}
+
+fn oauth_unavailable(call: &Invocation<'_>, err: &OAuthError) -> ApiError {
+    tracing::warn!(plugin = call.plugin, error = %err, "cannot get the user's token");
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "oauth_unavailable",
+        "the plugin's OAuth provider could not renew the user's token; try again later",
+    )
 }
 
 fn check_user(user: &str) -> Result<(), ApiError> {

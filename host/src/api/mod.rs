@@ -6,6 +6,7 @@ mod admin;
 mod error;
 mod extract;
 mod invoke;
+mod oauth;
 mod v1;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use axum::routing::{get, post, put};
 use tokio::sync::Semaphore;
 
 use crate::auth::Auth;
+use crate::oauth::OAuth;
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::store::Store;
@@ -33,8 +35,12 @@ pub struct AppState {
     pub runtime: Arc<Runtime>,
     /// Durable state.
     pub store: Arc<dyn Store>,
+    /// OAuth clients, flows and tokens.
+    pub oauth: Arc<OAuth>,
     /// Calls in flight; a call that finds none free is answered 429 instead of queueing.
     pub calls: Arc<Semaphore>,
+    /// Size limits of request bodies.
+    pub limits: BodyLimits,
 }
 
 /// Size limits of request bodies.
@@ -47,21 +53,29 @@ pub struct BodyLimits {
 }
 
 /// The whole API.
-pub fn router(state: AppState, limits: BodyLimits) -> Router {
-    let upload = Router::new()
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health))
         .route(
             "/admin/plugins",
             post(admin::upload_plugin).get(admin::list_plugins),
         )
-        .layer(DefaultBodyLimit::max(limits.upload));
-
-    Router::new()
-        .route("/healthz", get(health))
         .route(
             "/admin/plugins/{id}",
             get(admin::get_plugin).delete(admin::delete_plugin),
         )
         .route("/admin/plugins/{id}/settings", put(admin::put_settings))
+        .route(
+            "/admin/plugins/{id}/oauth-client",
+            put(admin::put_oauth_client).delete(admin::delete_oauth_client),
+        )
+        .route("/oauth/authorize/{link}", get(oauth::authorize))
+        .route("/oauth/callback", get(oauth::callback))
+        .route("/v1/users/{user}/connections", get(v1::list_connections))
+        .route(
+            "/v1/users/{user}/connections/{plugin}",
+            axum::routing::delete(v1::disconnect),
+        )
         .route(
             "/admin/api-keys",
             post(admin::create_api_key).get(admin::list_api_keys),
@@ -73,8 +87,8 @@ pub fn router(state: AppState, limits: BodyLimits) -> Router {
         .route("/v1/tools", get(v1::list_tools))
         .route("/v1/plugins/{id}/tools/{tool}/invoke", post(v1::invoke))
         .route("/v1/tool-calls", post(v1::tool_call))
-        .layer(DefaultBodyLimit::max(limits.json))
-        .merge(upload)
+        // The extractors enforce `BodyLimits` themselves, answering 413 in the API's format.
+        .layer(DefaultBodyLimit::disable())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -1,15 +1,17 @@
 //! `/v1`: what chat backends call.
 
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::HeaderValue;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::extract::{ApiJson, Backend};
+use super::extract::{ApiJson, ApiPath, Backend};
 use super::invoke::Invocation;
 use super::{ApiError, AppState};
+use crate::oauth::ConnectionRef;
+use crate::time::rfc3339;
 
 /// Separates plugin and tool in the function names chat backends see.
 const NAME_SEPARATOR: &str = "__";
@@ -58,7 +60,7 @@ fn empty_object() -> Value {
 pub(super) async fn invoke(
     backend: Backend,
     State(state): State<AppState>,
-    Path((plugin, tool)): Path<(String, String)>,
+    ApiPath((plugin, tool)): ApiPath<(String, String)>,
     ApiJson(request): ApiJson<InvokeRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let output = state
@@ -148,6 +150,65 @@ fn parse_call(function: &FunctionCall) -> Result<(&str, &str, Value), ApiError> 
     Ok((plugin, tool, arguments))
 }
 
+/// `GET /v1/users/{user}/connections`: the user's connected plugins, this tenant's only.
+pub(super) async fn list_connections(
+    backend: Backend,
+    State(state): State<AppState>,
+    ApiPath(user): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let plugins: Vec<String> = state
+        .registry
+        .list()
+        .iter()
+        .filter(|plugin| plugin.oauth.is_some())
+        .map(|plugin| plugin.description().id.clone())
+        .collect();
+    let connections = state
+        .oauth
+        .connections_of(&backend.tenant, &user, &plugins)
+        .map_err(ApiError::internal)?;
+    let connections: Vec<Value> = connections
+        .into_iter()
+        .map(|connection| {
+            json!({
+                "plugin": connection.plugin,
+                "connected_at": rfc3339(connection.connected_at),
+                "expires_at": connection.expires_at.map(rfc3339),
+                "scopes": connection.scopes,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "connections": connections })))
+}
+
+/// `DELETE /v1/users/{user}/connections/{plugin}`: disconnects, revoking at the provider.
+pub(super) async fn disconnect(
+    backend: Backend,
+    State(state): State<AppState>,
+    ApiPath((user, plugin)): ApiPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let installed = state.registry.get(&plugin);
+    let spec = installed.as_ref().and_then(|p| p.oauth.clone());
+    let client = state.oauth.client(&plugin).map_err(ApiError::internal)?;
+    let who = ConnectionRef {
+        plugin: plugin.clone(),
+        tenant: backend.tenant.clone(),
+        user,
+    };
+    let existed = state
+        .oauth
+        .disconnect(&who, spec.as_deref(), client.as_ref())
+        .await
+        .map_err(ApiError::internal)?;
+    if !existed {
+        return Err(ApiError::not_found(format!(
+            "the user has no connection to `{plugin}`"
+        )));
+    }
+    tracing::info!(plugin = %plugin, tenant = %backend.tenant, "user disconnected");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Words a model can act on: what went wrong and, where it helps, what to change.
 fn content_for_model(err: &ApiError) -> String {
     let mut content = format!("Error ({}): {}", err.code, err.message);
@@ -160,6 +221,12 @@ fn content_for_model(err: &ApiError) -> String {
     }
     if let Some(kind) = err.extra.get("kind").and_then(Value::as_str) {
         content.push_str(&format!(" (kind: {kind})"));
+    }
+    if let Some(link) = err.extra.get("authorize_url").and_then(Value::as_str) {
+        content = format!(
+            "The user has not connected their account for this tool yet. Show them this link to \
+             connect it, then try again once they say they are done: {link}"
+        );
     }
     content
 }

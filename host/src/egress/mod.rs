@@ -12,6 +12,7 @@
 //! request, which is checked again).
 
 mod address;
+mod credentials;
 mod hooks;
 mod policy;
 
@@ -23,6 +24,7 @@ use url::Url;
 use crate::config::{EgressConfig, EgressOverride};
 
 pub use address::{PublicOnlyResolver, is_public};
+pub use credentials::{ACCESS_TOKEN_PLACEHOLDER, Credentials, Refresher, SecretSetting};
 pub use hooks::EgressHooks;
 pub use policy::HostPolicy;
 
@@ -110,6 +112,36 @@ impl Egress {
         let _ = target.set_host(rule.to.host_str());
         let _ = target.set_port(rule.to.port());
         (target, &self.overridden, true)
+    }
+
+    /// Starts a request the host itself makes for a plugin, to a URL the plugin's author chose
+    /// (token and revocation endpoints): https only, to public addresses unless overridden,
+    /// through the same client, with the same deadline.
+    pub fn host_request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+    ) -> Result<reqwest::RequestBuilder, String> {
+        let url = Url::parse(url).map_err(|_| "not a URL".to_owned())?;
+        if url.scheme() != "https" {
+            return Err("not https".to_owned());
+        }
+        let overridden = self.is_overridden(&url);
+        if let Some(url::Host::Ipv4(_) | url::Host::Ipv6(_)) = url.host()
+            && !overridden
+        {
+            let ip = url
+                .host_str()
+                .unwrap_or_default()
+                .trim_matches(['[', ']'])
+                .parse()
+                .map_err(|_| "not an address".to_owned())?;
+            if !is_public(ip) {
+                return Err("not a public address".to_owned());
+            }
+        }
+        let (target, client, _) = self.route(&url);
+        Ok(client.request(method, target).timeout(self.request_timeout))
     }
 
     /// Whether the admin overrode the origin of `url`.

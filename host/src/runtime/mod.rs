@@ -22,7 +22,7 @@ use wasmtime::{
 };
 
 use crate::description::{Description, DescriptionError};
-use crate::egress::{Egress, HostPolicy};
+use crate::egress::{Credentials, Egress, HostPolicy};
 use crate::store::CompiledArtifact;
 
 pub use state::CallState;
@@ -229,7 +229,7 @@ impl Runtime {
             settings: Arc::default(),
         };
         let json = self
-            .run(pre, &context, |plugin, store| {
+            .run(pre, &context, Arc::default(), |plugin, store| {
                 Box::pin(async move { plugin.keyhole_plugin_tools().call_describe(store).await })
             })
             .await
@@ -237,17 +237,18 @@ impl Runtime {
         Ok(Description::parse(&json)?)
     }
 
-    /// Runs one tool call in a fresh instance.
+    /// Runs one tool call in a fresh instance, with the user's credentials for egress.
     pub async fn call(
         &self,
         pre: &PluginPre<CallState>,
         context: &CallContext,
+        credentials: Arc<Credentials>,
         tool: &str,
         arguments: &str,
     ) -> Result<String, CallError> {
         let (tool, arguments) = (tool.to_owned(), arguments.to_owned());
         let answer = self
-            .run(pre, context, move |plugin, store| {
+            .run(pre, context, credentials, move |plugin, store| {
                 Box::pin(async move {
                     plugin
                         .keyhole_plugin_tools()
@@ -265,6 +266,7 @@ impl Runtime {
         &self,
         pre: &PluginPre<CallState>,
         context: &CallContext,
+        credentials: Arc<Credentials>,
         f: impl for<'a> FnOnce(
             &'a Plugin,
             &'a mut Store<CallState>,
@@ -274,7 +276,13 @@ impl Runtime {
     ) -> Result<R, CallError> {
         let call = self.next_call.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + self.call_timeout;
-        let state = CallState::new(self.egress.clone(), context, call, self.limits());
+        let state = CallState::new(
+            self.egress.clone(),
+            context,
+            credentials,
+            call,
+            self.limits(),
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state.limits());
         store.set_epoch_deadline(1);

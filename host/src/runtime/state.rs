@@ -9,7 +9,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::CallContext;
 use super::host_api::HostApi;
-use crate::egress::{Egress, EgressHooks};
+use crate::egress::{Credentials, Egress, EgressHooks};
 
 /// The state of one call: a WASI context with nothing granted, the HTTP hooks, the host API.
 pub struct CallState {
@@ -25,6 +25,7 @@ impl CallState {
     pub(super) fn new(
         egress: Arc<Egress>,
         context: &CallContext,
+        credentials: Arc<Credentials>,
         call: u64,
         limits: StoreLimits,
     ) -> Self {
@@ -34,7 +35,13 @@ impl CallState {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: EgressHooks::new(egress, context.policy.clone(), context.plugin.clone(), call),
+            hooks: EgressHooks::new(
+                egress,
+                context.policy.clone(),
+                credentials,
+                context.plugin.clone(),
+                call,
+            ),
             host: HostApi::new(context.plugin.clone(), call, context.settings.clone()),
             limits,
         }

@@ -62,6 +62,22 @@ pub enum StoreError {
     },
 }
 
+/// Kinds of small records the OAuth side keeps by key. Secret ones are sealed by the
+/// [`crate::vault::Vault`] before they reach the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Space {
+    /// A plugin's OAuth client (id, sealed secret, approval), by plugin id.
+    OAuthClients,
+    /// A user's sealed tokens, by `plugin \n tenant \n user`.
+    Connections,
+    /// Authorization links handed out, by the SHA-256 of the link.
+    Links,
+    /// Authorization flows under way, sealed, by the SHA-256 of their `state`.
+    Flows,
+    /// A plugin's sealed secret settings, by plugin id.
+    Secrets,
+}
+
 /// Durable state of the server.
 pub trait Store: Send + Sync + 'static {
     /// Installs or replaces a plugin together with its component and compiled artifact, all or
@@ -118,4 +134,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes sure everything written is on disk.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// A record of `space`.
+    fn get(&self, space: Space, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Writes a record of `space`.
+    fn put(&self, space: Space, key: &str, value: &[u8]) -> Result<(), StoreError>;
+
+    /// Removes a record of `space` and answers it: at most one caller gets it, which makes
+    /// single-use records (links, flow states) safe against replay.
+    fn take(&self, space: Space, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Every record of `space` whose key starts with `prefix`.
+    fn scan(&self, space: Space, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Removes every record of `space` whose key starts with `prefix`; answers how many.
+    fn remove_prefix(&self, space: Space, prefix: &str) -> Result<usize, StoreError>;
 }

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Db, Transactional, Tree};
 
-use super::{ApiKeyRecord, CompiledArtifact, PluginRecord, Store, StoreError};
+use super::{ApiKeyRecord, CompiledArtifact, PluginRecord, Space, Store, StoreError};
 
 /// A [`Store`] in a sled database.
 pub struct SledStore {
@@ -23,6 +23,11 @@ pub struct SledStore {
     settings: Tree,
     api_keys: Tree,
     meta: Tree,
+    oauth_clients: Tree,
+    connections: Tree,
+    links: Tree,
+    flows: Tree,
+    secrets: Tree,
 }
 
 impl SledStore {
@@ -37,8 +42,23 @@ impl SledStore {
             settings: tree("settings")?,
             api_keys: tree("api_keys")?,
             meta: tree("meta")?,
+            oauth_clients: tree("oauth_clients")?,
+            connections: tree("connections")?,
+            links: tree("links")?,
+            flows: tree("flows")?,
+            secrets: tree("secrets")?,
             db,
         })
+    }
+
+    fn space(&self, space: Space) -> &Tree {
+        match space {
+            Space::OAuthClients => &self.oauth_clients,
+            Space::Connections => &self.connections,
+            Space::Links => &self.links,
+            Space::Flows => &self.flows,
+            Space::Secrets => &self.secrets,
+        }
     }
 
     fn flushed<T>(&self, value: T) -> Result<T, StoreError> {
@@ -240,6 +260,44 @@ impl Store for SledStore {
     fn flush(&self) -> Result<(), StoreError> {
         self.flushed(())
     }
+
+    fn get(&self, space: Space, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .space(space)
+            .get(key)
+            .map_err(engine)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn put(&self, space: Space, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.space(space).insert(key, value).map_err(engine)?;
+        self.flushed(())
+    }
+
+    fn take(&self, space: Space, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let taken = self.space(space).remove(key).map_err(engine)?;
+        self.flushed(taken.map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, space: Space, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.space(space)
+            .scan_prefix(prefix)
+            .map(|entry| {
+                let (key, value) = entry.map_err(engine)?;
+                Ok((String::from_utf8_lossy(&key).into_owned(), value.to_vec()))
+            })
+            .collect()
+    }
+
+    fn remove_prefix(&self, space: Space, prefix: &str) -> Result<usize, StoreError> {
+        let tree = self.space(space);
+        let mut removed = 0;
+        for key in tree.scan_prefix(prefix).keys() {
+            tree.remove(key.map_err(engine)?).map_err(engine)?;
+            removed += 1;
+        }
+        self.flushed(removed)
+    }
 }
 
 #[cfg(test)]
@@ -292,6 +350,31 @@ mod tests {
         assert_eq!(store.plugin("a").unwrap(), None);
         assert_eq!(store.component("a").unwrap(), None);
         assert!(store.settings("a").unwrap().is_empty());
+    }
+
+    #[test]
+    fn records_are_taken_once_and_removed_by_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.put(Space::Flows, "s1", b"flow").unwrap();
+        assert_eq!(
+            store.take(Space::Flows, "s1").unwrap().as_deref(),
+            Some(&b"flow"[..])
+        );
+        assert_eq!(store.take(Space::Flows, "s1").unwrap(), None);
+
+        for key in ["a\nt\nu1", "a\nt\nu2", "ab\nt\nu1"] {
+            store.put(Space::Connections, key, b"x").unwrap();
+        }
+        assert_eq!(store.scan(Space::Connections, "a\n").unwrap().len(), 2);
+        assert_eq!(store.remove_prefix(Space::Connections, "a\n").unwrap(), 2);
+        assert_eq!(
+            store
+                .get(Space::Connections, "ab\nt\nu1")
+                .unwrap()
+                .as_deref(),
+            Some(&b"x"[..])
+        );
     }
 
     #[test]

@@ -16,6 +16,9 @@ const TARGET: &str = "wasm32-wasip2";
 pub(crate) struct Guests {
     weather: PathBuf,
     hacker_news: PathBuf,
+    google_calendar: PathBuf,
+    slack: PathBuf,
+    github: PathBuf,
     probe: PathBuf,
 }
 
@@ -33,6 +36,21 @@ impl Guests {
     /// The example plugin `examples/hacker-news`.
     pub(crate) fn hacker_news(&self) -> Result<Vec<u8>> {
         read(&self.hacker_news)
+    }
+
+    /// The example plugin `examples/google-calendar`.
+    pub(crate) fn google_calendar(&self) -> Result<Vec<u8>> {
+        read(&self.google_calendar)
+    }
+
+    /// The example plugin `examples/slack`.
+    pub(crate) fn slack(&self) -> Result<Vec<u8>> {
+        read(&self.slack)
+    }
+
+    /// The example plugin `examples/github`.
+    pub(crate) fn github(&self) -> Result<Vec<u8>> {
+        read(&self.github)
     }
 
     /// The test plugin `tests/plugins/probe`.
@@ -62,9 +80,13 @@ pub(crate) async fn guests() -> Result<&'static Guests> {
 
 fn build_all() -> Result<Guests> {
     let root = repo_root();
+    let examples = root.join("examples");
     Ok(Guests {
-        weather: build(&root.join("examples"), "weather")?,
-        hacker_news: build(&root.join("examples"), "hacker_news")?,
+        weather: build(&examples, "weather")?,
+        hacker_news: build(&examples, "hacker_news")?,
+        google_calendar: build(&examples, "google_calendar")?,
+        slack: build(&examples, "slack")?,
+        github: build(&examples, "github")?,
         probe: build(&root.join("tests/plugins"), "probe")?,
     })
 }

@@ -1,14 +1,20 @@
 //! What the tests drive: the `keyhole` binary ([`server`]), the HTTPS upstream its plugins reach
-//! ([`upstream`]), and the plugins themselves, built from source ([`guests`]).
+//! ([`upstream`]) with the OAuth providers it plays ([`providers`]), and the plugins themselves,
+//! built from source ([`guests`]).
 
 mod guests;
+mod providers;
 mod server;
 mod upstream;
 
 use anyhow::Result;
 use serde_json::json;
 
-pub(crate) use guests::guests;
+pub(crate) use guests::{Guests, guests};
+pub(crate) use providers::{
+    GITHUB_ACCESS_TOKEN, GITHUB_REPOSITORY, GOOGLE_ACCESS_TOKEN, GOOGLE_REFRESH_TOKEN,
+    SLACK_UNKNOWN_CHANNEL, SLACK_USER_TOKEN,
+};
 pub(crate) use server::{ApiKey, KEYHOLE, Keyhole, Reply, ReplyExt, remove_keyhole_env};
 
 /// The value the tests give the probe's required `greeting` setting.

@@ -3,6 +3,9 @@
 //! The server under test is started with `--egress-override` flags that send every host in
 //! [`OVERRIDDEN_HOSTS`] here, and with `--egress-ca` naming the test CA that signed this server's
 //! certificate. The upstream only speaks TLS, so each request it records arrived over TLS.
+//!
+//! It answers like the services the plugins call: Open-Meteo and Hacker News here, the OAuth
+//! providers of the example plugins (token endpoints and APIs) in [`super::providers`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -11,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -29,6 +32,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use super::providers;
+
 /// The hosts whose HTTPS origin the server under test sends to the upstream.
 pub(crate) const OVERRIDDEN_HOSTS: &[&str] = &[
     "api.open-meteo.com",
@@ -36,6 +41,12 @@ pub(crate) const OVERRIDDEN_HOSTS: &[&str] = &[
     "allowed.test",
     "api.wild.test",
     "hacker-news.firebaseio.com",
+    "accounts.google.com",
+    "oauth2.googleapis.com",
+    "www.googleapis.com",
+    "slack.com",
+    "github.com",
+    "api.github.com",
 ];
 
 /// A request the upstream received.
@@ -47,6 +58,8 @@ pub(crate) struct SeenRequest {
     pub(crate) path_and_query: String,
     /// The headers as sent, names in lower case.
     pub(crate) headers: Vec<(String, String)>,
+    /// The body, with invalid UTF-8 replaced.
+    pub(crate) body: String,
 }
 
 impl SeenRequest {
@@ -59,6 +72,21 @@ impl SeenRequest {
     pub(crate) fn query(&self, name: &str) -> Option<String> {
         let (_, query) = self.path_and_query.split_once('?')?;
         url::form_urlencoded::parse(query.as_bytes())
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
+    }
+
+    /// The first value of a header, by its lower-case name.
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The decoded value of a field of a form-encoded body.
+    pub(crate) fn form(&self, name: &str) -> Option<String> {
+        url::form_urlencoded::parse(self.body.as_bytes())
             .find(|(key, _)| key == name)
             .map(|(_, value)| value.into_owned())
     }
@@ -117,6 +145,16 @@ impl Upstream {
     /// Every request received so far, oldest first.
     pub(crate) fn requests(&self) -> Vec<SeenRequest> {
         self.seen.lock().unwrap().requests.clone()
+    }
+
+    /// Every request received so far for `path`, oldest first.
+    pub(crate) fn requests_to(&self, path: &str) -> Vec<SeenRequest> {
+        let seen = self.seen.lock().unwrap();
+        seen.requests
+            .iter()
+            .filter(|request| request.path() == path)
+            .cloned()
+            .collect()
     }
 
     /// The first request received for `path`, with the upstream's state in the error otherwise.
@@ -192,7 +230,7 @@ async fn accept(listener: TcpListener, tls: TlsAcceptor, seen: Arc<Mutex<Seen>>)
             };
             let service = service_fn(move |request| {
                 let seen = seen.clone();
-                async move { Ok::<_, Infallible>(answer(&request, &seen)) }
+                async move { Ok::<_, Infallible>(answer(request, &seen).await) }
             });
             // A client that hangs up mid-request is no concern of the tests.
             let _ = http1::Builder::new()
@@ -203,16 +241,22 @@ async fn accept(listener: TcpListener, tls: TlsAcceptor, seen: Arc<Mutex<Seen>>)
 }
 
 /// Records the request and answers it like the real service would.
-fn answer(request: &Request<Incoming>, seen: &Mutex<Seen>) -> Response<Full<Bytes>> {
+async fn answer(request: Request<Incoming>, seen: &Mutex<Seen>) -> Response<Full<Bytes>> {
+    let (head, body) = request.into_parts();
+    // A body cut short is recorded as far as it arrived; the tests then see what is missing.
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
     let seen_request = SeenRequest {
-        method: request.method().to_string(),
-        path_and_query: request
-            .uri()
+        method: head.method.to_string(),
+        path_and_query: head
+            .uri
             .path_and_query()
             .map(|pq| pq.as_str().to_owned())
             .unwrap_or_else(|| "/".to_owned()),
-        headers: request
-            .headers()
+        headers: head
+            .headers
             .iter()
             .map(|(name, value)| {
                 (
@@ -221,14 +265,47 @@ fn answer(request: &Request<Incoming>, seen: &Mutex<Seen>) -> Response<Full<Byte
                 )
             })
             .collect(),
+        body: String::from_utf8_lossy(&body).into_owned(),
     };
-    let body = body_for(&seen_request);
+    let canned = providers::answer(&seen_request)
+        .unwrap_or_else(|| Canned::json(200, body_for(&seen_request)));
     seen.lock().unwrap().requests.push(seen_request);
 
     Response::builder()
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .expect("a static response is valid")
+        .status(canned.status)
+        .header("content-type", canned.content_type)
+        .body(Full::new(Bytes::from(canned.body)))
+        .expect("a canned response is valid")
+}
+
+/// An answer of the upstream.
+pub(super) struct Canned {
+    status: u16,
+    content_type: &'static str,
+    body: String,
+}
+
+impl Canned {
+    /// A JSON answer.
+    pub(super) fn json(status: u16, body: Value) -> Self {
+        Self {
+            status,
+            content_type: "application/json; charset=utf-8",
+            body: body.to_string(),
+        }
+    }
+
+    /// A form-encoded answer, as GitHub's token endpoint gives unless asked for JSON.
+    pub(super) fn form(status: u16, pairs: &[(&str, &str)]) -> Self {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        Self {
+            status,
+            content_type: "application/x-www-form-urlencoded; charset=utf-8",
+            body,
+        }
+    }
 }
 
 /// Open-Meteo's answers for Berlin, Hacker News' stories, and an echo of the path for anything

@@ -1,0 +1,176 @@
+//! `/oauth`: the end user's browser during authorization. No credentials: the link and the
+//! flow's cookie are the capability. Answers are small HTML pages; nothing on them echoes a
+//! parameter, and the route pattern, not the URI (whose query holds the code), is what is logged.
+
+use axum::extract::{Query, State};
+use axum::http::header::{CACHE_CONTROL, COOKIE, LOCATION, SET_COOKIE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use serde::Deserialize;
+
+use super::AppState;
+use super::extract::ApiPath;
+use crate::oauth::{FLOW_TTL_SECS, FlowError};
+
+const COOKIE_NAME: &str = "keyhole_oauth";
+
+/// `GET /oauth/authorize/{link}`: starts the flow and sends the browser to the provider.
+pub(super) async fn authorize(
+    State(state): State<AppState>,
+    ApiPath(link): ApiPath<String>,
+) -> Response {
+    match start(&state, &link) {
+        Ok((redirect_to, cookie)) => {
+            let secure = if state.oauth.is_https() {
+                "; Secure"
+            } else {
+                ""
+            };
+            let cookie = format!(
+                "{COOKIE_NAME}={cookie}; HttpOnly; SameSite=Lax; Path=/oauth; Max-Age={FLOW_TTL_SECS}{secure}"
+            );
+            let mut headers = HeaderMap::new();
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            if let (Ok(location), Ok(cookie)) = (
+                HeaderValue::from_str(&redirect_to),
+                HeaderValue::from_str(&cookie),
+            ) {
+                headers.insert(LOCATION, location);
+                headers.insert(SET_COOKIE, cookie);
+                return (StatusCode::FOUND, headers).into_response();
+            }
+            page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong",
+                "Try again from the chat.",
+            )
+        }
+        Err(err) => flow_error_page(&err),
+    }
+}
+
+fn start(state: &AppState, link: &str) -> Result<(String, String), FlowError> {
+    let link = state.oauth.open_link(link)?;
+    let plugin = state
+        .registry
+        .get(&link.plugin)
+        .ok_or(FlowError::NotConfigured)?;
+    let spec = plugin.oauth.clone().ok_or(FlowError::NotConfigured)?;
+    let client = state
+        .oauth
+        .client(&link.plugin)?
+        .filter(|client| client.is_active(&spec))
+        .ok_or(FlowError::NotConfigured)?;
+    let started = state.oauth.begin(&link, &spec, &client)?;
+    tracing::info!(plugin = %link.plugin, tenant = %link.tenant, user = %link.user, "authorization started");
+    Ok((started.redirect_to, started.cookie))
+}
+
+#[derive(Deserialize)]
+pub(super) struct Callback {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+/// `GET /oauth/callback`: the browser, back from the provider.
+pub(super) async fn callback(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(callback): Query<Callback>,
+) -> Response {
+    match finish(&state, &headers, callback).await {
+        Ok(plugin_name) => page(
+            StatusCode::OK,
+            "Account connected",
+            &format!(
+                "Your account is now connected to {}. You can close this page and return to the chat.",
+                escape(&plugin_name)
+            ),
+        ),
+        Err(err) => flow_error_page(&err),
+    }
+}
+
+async fn finish(
+    state: &AppState,
+    headers: &HeaderMap,
+    callback: Callback,
+) -> Result<String, FlowError> {
+    let flow_state = callback.state.ok_or(FlowError::Missing("state"))?;
+    let flow = state
+        .oauth
+        .take_flow(&flow_state, cookie(headers).as_deref())?;
+    if let Some(error) = callback.error {
+        tracing::info!(plugin = %flow.plugin, tenant = %flow.tenant, user = %flow.user, "the provider did not authorize");
+        let error: String = error
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(64)
+            .collect();
+        return Err(FlowError::Denied(error));
+    }
+    let code = callback.code.ok_or(FlowError::Missing("code"))?;
+
+    let plugin = state
+        .registry
+        .get(&flow.plugin)
+        .ok_or(FlowError::NotConfigured)?;
+    let spec = plugin.oauth.clone().ok_or(FlowError::NotConfigured)?;
+    let client = state
+        .oauth
+        .client(&flow.plugin)?
+        .filter(|client| client.is_active(&spec))
+        .ok_or(FlowError::NotConfigured)?;
+    state.oauth.complete(&flow, &spec, &client, &code).await?;
+    Ok(plugin.description().name.clone())
+}
+
+fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == COOKIE_NAME).then(|| value.to_owned())
+        })
+}
+
+fn flow_error_page(err: &FlowError) -> Response {
+    match err {
+        FlowError::LinkGone => page(StatusCode::GONE, "Link expired", &err.to_string()),
+        FlowError::OAuth(cause) => {
+            tracing::warn!(error = %cause, "authorization could not be completed");
+            page(
+                StatusCode::BAD_GATEWAY,
+                "Not connected",
+                "The provider could not complete the authorization. Start again from the chat.",
+            )
+        }
+        _ => page(StatusCode::BAD_REQUEST, "Not connected", &err.to_string()),
+    }
+}
+
+fn page(status: StatusCode, title: &str, message: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\
+         <meta name=\"viewport\" content=\"width=device-width\"></head>\
+         <body style=\"font-family: sans-serif; max-width: 36em; margin: 4em auto\">\
+         <h1>{title}</h1><p>{}</p></body></html>",
+        escape(message)
+    );
+    let mut response = (status, Html(html)).into_response();
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

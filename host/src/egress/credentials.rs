@@ -1,0 +1,443 @@
+//! What a call may send upstream besides the plugin's own bytes: the user's access token and
+//! the plugin's secret settings, each only to the hosts declared for it.
+//!
+//! The plugin never holds either. The host adds `Authorization: Bearer <token>` to requests to
+//! the OAuth API hosts (unless the plugin set its own `Authorization`), and replaces the
+//! placeholders `{OAUTH_PLUGIN_ACCESS_TOKEN}` and `{SETTING:name}` (also percent-encoded) in the
+//! URL and headers. A placeholder in a request to any other host makes the request refused, so
+//! a plugin cannot steer a secret to a host of its choosing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::{HeaderMap, HeaderValue};
+
+use super::HostPolicy;
+use crate::description::OAuthSpec;
+use crate::oauth::{ConnectionRef, OAuth, OAuthClient};
+use crate::vault::Secret;
+
+/// The placeholder of the user's access token.
+pub const ACCESS_TOKEN_PLACEHOLDER: &str = "{OAUTH_PLUGIN_ACCESS_TOKEN}";
+
+/// A secret setting and where it may go.
+pub struct SecretSetting {
+    /// Its name, as in `{SETTING:name}`.
+    pub name: String,
+    /// Its value.
+    pub value: Secret,
+    /// The hosts its placeholder may be sent to.
+    pub hosts: HostPolicy,
+}
+
+/// How to get a new token when the API answers 401.
+pub struct Refresher {
+    /// The OAuth side.
+    pub oauth: Arc<OAuth>,
+    /// Whose token.
+    pub who: ConnectionRef,
+    /// The plugin's provider.
+    pub spec: Arc<OAuthSpec>,
+    /// The admin's client.
+    pub client: OAuthClient,
+}
+
+/// The credentials of one call.
+#[derive(Default)]
+pub struct Credentials {
+    api_hosts: HostPolicy,
+    token: std::sync::Mutex<Option<Secret>>,
+    refresher: Option<Refresher>,
+    secrets: Vec<SecretSetting>,
+    authorization_lost: AtomicBool,
+}
+
+/// A request's URL and headers with the credentials in place.
+pub(super) struct Prepared {
+    pub(super) uri: String,
+    pub(super) headers: HeaderMap,
+    /// The token this request carries, if any; a 401 answer to it triggers one refresh.
+    pub(super) carried: Option<Secret>,
+}
+
+impl Credentials {
+    /// Credentials for a call: the API hosts, the user's token if any, how to refresh it, and
+    /// the plugin's secret settings.
+    pub fn new(
+        api_hosts: HostPolicy,
+        token: Option<Secret>,
+        refresher: Option<Refresher>,
+        secrets: Vec<SecretSetting>,
+    ) -> Self {
+        Self {
+            api_hosts,
+            token: std::sync::Mutex::new(token),
+            refresher,
+            secrets,
+            authorization_lost: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether a refresh during the call found the user's authorization gone.
+    pub fn authorization_lost(&self) -> bool {
+        self.authorization_lost.load(Ordering::Relaxed)
+    }
+
+    /// Refuses a request that would carry a placeholder to a host not declared for it.
+    pub(super) fn check(
+        &self,
+        uri: &str,
+        headers: &HeaderMap,
+        host: &str,
+        port: u16,
+    ) -> Result<(), &'static str> {
+        let texts = std::iter::once(uri.to_owned()).chain(
+            headers
+                .values()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        );
+        for text in texts {
+            let text = decode_braces(&text);
+            if text.contains(ACCESS_TOKEN_PLACEHOLDER) && !self.api_hosts.allows(host, port) {
+                return Err("access token placeholder to a host that is not an API host");
+            }
+            for name in setting_placeholders(&text) {
+                let secret = self.secrets.iter().find(|s| s.name == name);
+                match secret {
+                    Some(secret) if secret.hosts.allows(host, port) => {}
+                    Some(_) => {
+                        return Err("secret setting placeholder to a host not declared for it");
+                    }
+                    None => return Err("placeholder of an unknown or unset secret setting"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills the placeholders and adds the bearer token, for a request already checked.
+    pub(super) fn prepare(
+        &self,
+        uri: &str,
+        headers: &HeaderMap,
+        host: &str,
+        port: u16,
+    ) -> Result<Prepared, &'static str> {
+        let token = self.token.lock().expect("token lock").clone();
+        let is_api_host = self.api_hosts.allows(host, port);
+        let mut carried = None;
+
+        let fill = |text: &str, carried: &mut Option<Secret>| {
+            let mut text = decode_braces_if_placeholder(text);
+            if text.contains(ACCESS_TOKEN_PLACEHOLDER) {
+                let value = token.as_ref().map_or("", |t| t.expose());
+                text = text.replace(ACCESS_TOKEN_PLACEHOLDER, value);
+                *carried = token.clone();
+            }
+            for secret in &self.secrets {
+                text = text.replace(
+                    &format!("{{SETTING:{}}}", secret.name),
+                    secret.value.expose(),
+                );
+            }
+            text
+        };
+
+        let uri = fill(uri, &mut carried);
+        let mut prepared_headers = HeaderMap::with_capacity(headers.len() + 1);
+        for (name, value) in headers {
+            let filled = fill(&String::from_utf8_lossy(value.as_bytes()), &mut carried);
+            let value = HeaderValue::from_str(&filled)
+                .map_err(|_| "a filled header is not a valid value")?;
+            prepared_headers.append(name.clone(), value);
+        }
+
+        if is_api_host
+            && !prepared_headers.contains_key(http::header::AUTHORIZATION)
+            && let Some(token) = &token
+        {
+            let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                .map_err(|_| "the token is not a valid header value")?;
+            value.set_sensitive(true);
+            prepared_headers.insert(http::header::AUTHORIZATION, value);
+            carried = Some(token.clone());
+        }
+
+        Ok(Prepared {
+            uri,
+            headers: prepared_headers,
+            carried,
+        })
+    }
+
+    /// After a 401 to a request that carried `stale`: refreshes once (single-flight across
+    /// calls) and answers whether a new token is in place.
+    pub(super) async fn refresh(&self, stale: &Secret) -> bool {
+        let Some(refresher) = &self.refresher else {
+            return false;
+        };
+        let result = refresher
+            .oauth
+            .refresh_after_unauthorized(
+                &refresher.who,
+                &refresher.spec,
+                &refresher.client,
+                stale.expose(),
+            )
+            .await;
+        match result {
+            Ok(Some(token)) => {
+                *self.token.lock().expect("token lock") = Some(token);
+                true
+            }
+            Ok(None) => {
+                self.authorization_lost.store(true, Ordering::Relaxed);
+                *self.token.lock().expect("token lock") = None;
+                false
+            }
+            Err(err) => {
+                tracing::warn!(plugin = %refresher.who.plugin, error = %err, "token refresh failed");
+                false
+            }
+        }
+    }
+}
+
+/// `%7B` and `%7D` (any case) as braces, to find placeholders a client percent-encoded.
+fn decode_braces(text: &str) -> String {
+    text.replace("%7B", "{")
+        .replace("%7b", "{")
+        .replace("%7D", "}")
+        .replace("%7d", "}")
+}
+
+/// Decodes braces only where they enclose a placeholder, leaving other escapes alone.
+fn decode_braces_if_placeholder(text: &str) -> String {
+    let mut text = text.to_owned();
+    for (open, close) in [
+        ("%7B", "%7D"),
+        ("%7b", "%7d"),
+        ("%7B", "%7d"),
+        ("%7b", "%7D"),
+    ] {
+        text = text.replace(
+            &format!("{open}OAUTH_PLUGIN_ACCESS_TOKEN{close}"),
+            ACCESS_TOKEN_PLACEHOLDER,
+        );
+        while let Some(start) = text.find(&format!("{open}SETTING:")) {
+            let rest = &text[start + open.len()..];
+            let Some(end) = rest.find(close) else { break };
+            let inner = rest[..end].to_owned();
+            text.replace_range(
+                start..start + open.len() + end + close.len(),
+                &format!("{{{inner}}}"),
+            );
+        }
+    }
+    text
+}
+
+/// The names in every `{SETTING:name}` of `text`.
+fn setting_placeholders(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("{SETTING:") {
+        rest = &rest[start + "{SETTING:".len()..];
+        match rest.find('}') {
+            Some(end) => {
+                names.push(rest[..end].to_owned());
+                rest = &rest[end..];
+            }
+            None => {
+                names.push(rest.to_owned());
+                break;
+            }
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn credentials(token: Option<&str>) -> Credentials {
+        Credentials::new(
+            HostPolicy::new(&["api.example.com"]),
+            token.map(|t| Secret(t.to_owned())),
+            None,
+            vec![SecretSetting {
+                name: "key".to_owned(),
+                value: Secret("s3cret".to_owned()),
+                hosts: HostPolicy::new(&["keys.example.com"]),
+            }],
+        )
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| {
+                (
+                    http::HeaderName::from_static(name),
+                    HeaderValue::from_str(value).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn attaches_the_token_to_api_hosts_only() {
+        let credentials = credentials(Some("tok"));
+        let prepared = credentials
+            .prepare(
+                "https://api.example.com/v1",
+                &HeaderMap::new(),
+                "api.example.com",
+                443,
+            )
+            .unwrap();
+        assert_eq!(prepared.headers["authorization"], "Bearer tok");
+        assert!(prepared.carried.is_some());
+
+        let elsewhere = credentials
+            .prepare(
+                "https://other.example.com/",
+                &HeaderMap::new(),
+                "other.example.com",
+                443,
+            )
+            .unwrap();
+        assert!(elsewhere.headers.get("authorization").is_none());
+        assert!(elsewhere.carried.is_none());
+    }
+
+    #[test]
+    fn keeps_the_plugins_own_authorization_header() {
+        let credentials = credentials(Some("tok"));
+        let own = headers(&[("authorization", "token {OAUTH_PLUGIN_ACCESS_TOKEN}")]);
+        let prepared = credentials
+            .prepare("https://api.example.com/", &own, "api.example.com", 443)
+            .unwrap();
+        assert_eq!(prepared.headers["authorization"], "token tok");
+    }
+
+    #[test]
+    fn fills_placeholders_in_urls_and_headers_also_percent_encoded() {
+        let credentials = credentials(Some("tok"));
+        let prepared = credentials
+            .prepare(
+                "https://api.example.com/x?a=%7BOAUTH_PLUGIN_ACCESS_TOKEN%7D&b={OAUTH_PLUGIN_ACCESS_TOKEN}",
+                &headers(&[("x-token", "{OAUTH_PLUGIN_ACCESS_TOKEN}")]),
+                "api.example.com",
+                443,
+            )
+            .unwrap();
+        assert_eq!(prepared.uri, "https://api.example.com/x?a=tok&b=tok");
+        assert_eq!(prepared.headers["x-token"], "tok");
+    }
+
+    #[test]
+    fn an_absent_token_fills_in_as_empty() {
+        let credentials = credentials(None);
+        let prepared = credentials
+            .prepare(
+                "https://api.example.com/?t={OAUTH_PLUGIN_ACCESS_TOKEN}",
+                &HeaderMap::new(),
+                "api.example.com",
+                443,
+            )
+            .unwrap();
+        assert_eq!(prepared.uri, "https://api.example.com/?t=");
+        assert!(prepared.headers.get("authorization").is_none());
+    }
+
+    #[test]
+    fn refuses_placeholders_to_hosts_not_declared_for_them() {
+        let credentials = credentials(Some("tok"));
+        let none = HeaderMap::new();
+        for uri in [
+            "https://evil.example.com/?t={OAUTH_PLUGIN_ACCESS_TOKEN}",
+            "https://evil.example.com/?t=%7boauth_plugin_access_token%7D",
+            "https://evil.example.com/?t=%7BOAUTH_PLUGIN_ACCESS_TOKEN%7d",
+        ] {
+            let _ = credentials.check(uri, &none, "evil.example.com", 443);
+        }
+        assert!(
+            credentials
+                .check(
+                    "https://evil.example.com/?t={OAUTH_PLUGIN_ACCESS_TOKEN}",
+                    &none,
+                    "evil.example.com",
+                    443
+                )
+                .is_err()
+        );
+        assert!(
+            credentials
+                .check(
+                    "https://evil.example.com/?t=%7BOAUTH_PLUGIN_ACCESS_TOKEN%7d",
+                    &none,
+                    "evil.example.com",
+                    443
+                )
+                .is_err()
+        );
+        assert!(
+            credentials
+                .check(
+                    "https://evil.example.com/",
+                    &headers(&[("x", "{OAUTH_PLUGIN_ACCESS_TOKEN}")]),
+                    "evil.example.com",
+                    443
+                )
+                .is_err()
+        );
+        assert!(
+            credentials
+                .check(
+                    "https://api.example.com/?k={SETTING:key}",
+                    &none,
+                    "api.example.com",
+                    443
+                )
+                .is_err()
+        );
+        assert!(
+            credentials
+                .check(
+                    "https://keys.example.com/?k={SETTING:other}",
+                    &none,
+                    "keys.example.com",
+                    443
+                )
+                .is_err()
+        );
+        assert!(
+            credentials
+                .check(
+                    "https://keys.example.com/?k={SETTING:key}",
+                    &none,
+                    "keys.example.com",
+                    443
+                )
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn fills_secret_settings_for_their_hosts() {
+        let credentials = credentials(None);
+        let prepared = credentials
+            .prepare(
+                "https://keys.example.com/?k=%7BSETTING:key%7D",
+                &headers(&[("x-key", "{SETTING:key}")]),
+                "keys.example.com",
+                443,
+            )
+            .unwrap();
+        assert_eq!(prepared.uri, "https://keys.example.com/?k=s3cret");
+        assert_eq!(prepared.headers["x-key"], "s3cret");
+        assert!(prepared.carried.is_none());
+    }
+}

@@ -1,0 +1,234 @@
+//! The end user's authorization: a link, the browser's trip to the provider, the callback.
+//!
+//! 1. A call that needs authorization hands out a link, `/oauth/authorize/{link}`, bound to the
+//!    tenant, the user and the plugin; it works once and expires.
+//! 2. Opening it starts the authorization code flow: a fresh `state` and PKCE verifier are
+//!    sealed in the store, the browser gets a random cookie (whose hash the flow keeps) and is
+//!    sent to the provider.
+//! 3. The callback takes the flow by its `state`, once, checks it has not expired and that the
+//!    browser holds the cookie that started it (so nobody can make a victim's browser connect the
+//!    attacker's account, or finish a flow started elsewhere), and exchanges the code.
+//!
+//! Links and states are stored by their SHA-256 only.
+
+use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::token_request::Grant;
+use super::{ConnectionRef, FLOW_TTL_SECS, OAuth, OAuthClient, OAuthError};
+use crate::description::OAuthSpec;
+use crate::store::Space;
+use crate::time::now_unix;
+
+/// Why a link or a callback was refused. Every variant is safe to show the user.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    /// The link is unknown, used or expired.
+    #[error("this authorization link has expired or was already used; ask for a new one")]
+    LinkGone,
+    /// The callback's state is unknown, used or expired.
+    #[error(
+        "this authorization is unknown, already finished or expired; start again from the chat"
+    )]
+    StateGone,
+    /// The browser does not hold the cookie of the flow.
+    #[error(
+        "this authorization was started in another browser; start again from the chat in this one"
+    )]
+    WrongBrowser,
+    /// The callback lacks a parameter.
+    #[error("the provider sent the browser back without `{0}`")]
+    Missing(&'static str),
+    /// The provider reported an error, or the user declined.
+    #[error("the provider did not authorize: {0}")]
+    Denied(String),
+    /// The plugin is gone or has no usable OAuth client any more.
+    #[error("this plugin can no longer be authorized; ask an admin")]
+    NotConfigured,
+    /// Exchanging the code failed.
+    #[error(transparent)]
+    OAuth(#[from] OAuthError),
+}
+
+/// A link handed out to a user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkRecord {
+    /// Whose authorization it starts.
+    pub plugin: String,
+    /// The tenant.
+    pub tenant: String,
+    /// The user.
+    pub user: String,
+    expires_at: u64,
+}
+
+/// A flow under way, sealed in the store.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PendingFlow {
+    /// The plugin, tenant and user.
+    pub plugin: String,
+    /// The tenant.
+    pub tenant: String,
+    /// The user.
+    pub user: String,
+    verifier: Option<String>,
+    browser_sha256: String,
+    expires_at: u64,
+}
+
+impl PendingFlow {
+    /// Whose connection the flow makes.
+    pub fn who(&self) -> ConnectionRef {
+        ConnectionRef {
+            plugin: self.plugin.clone(),
+            tenant: self.tenant.clone(),
+            user: self.user.clone(),
+        }
+    }
+}
+
+/// Where to send the browser, and the cookie to give it.
+pub struct Started {
+    /// The provider's authorization URL with every parameter.
+    pub redirect_to: String,
+    /// The value of the flow's cookie.
+    pub cookie: String,
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+impl OAuth {
+    /// Hands out a single-use link that starts the user's authorization.
+    pub fn authorization_link(&self, who: &ConnectionRef) -> Result<String, OAuthError> {
+        let link = random_token();
+        let record = LinkRecord {
+            plugin: who.plugin.clone(),
+            tenant: who.tenant.clone(),
+            user: who.user.clone(),
+            expires_at: now_unix() + FLOW_TTL_SECS,
+        };
+        let bytes = serde_json::to_vec(&record).expect("records serialize");
+        self.store.put(Space::Links, &sha256_hex(&link), &bytes)?;
+        Ok(self.url(&format!("oauth/authorize/{link}")))
+    }
+
+    /// Takes a link, once: answers whose authorization it starts.
+    pub fn open_link(&self, link: &str) -> Result<LinkRecord, FlowError> {
+        let bytes = self
+            .store
+            .take(Space::Links, &sha256_hex(link))
+            .map_err(OAuthError::from)?
+            .ok_or(FlowError::LinkGone)?;
+        let record: LinkRecord = serde_json::from_slice(&bytes).map_err(|_| FlowError::LinkGone)?;
+        if record.expires_at < now_unix() {
+            return Err(FlowError::LinkGone);
+        }
+        Ok(record)
+    }
+
+    /// Starts the flow for an opened link: the provider's URL and the browser's cookie.
+    pub fn begin(
+        &self,
+        link: &LinkRecord,
+        spec: &OAuthSpec,
+        client: &OAuthClient,
+    ) -> Result<Started, FlowError> {
+        let cookie = random_token();
+        let invalid = |_| FlowError::NotConfigured;
+        let oauth_client = oauth2::basic::BasicClient::new(ClientId::new(client.client_id.clone()))
+            .set_auth_uri(AuthUrl::new(spec.authorization_url.clone()).map_err(invalid)?)
+            .set_redirect_uri(RedirectUrl::new(self.redirect_uri()).map_err(invalid)?);
+
+        let mut request = oauth_client.authorize_url(CsrfToken::new_random);
+        if !spec.scopes.is_empty() {
+            // oauth2 joins scopes with spaces; one scope holding the provider's separator
+            // gives the joined string the provider expects.
+            request = request.add_scope(Scope::new(spec.scopes.join(&spec.scope_separator)));
+        }
+        for (name, value) in &spec.authorization_params {
+            request = request.add_extra_param(name, value);
+        }
+        let mut verifier = None;
+        if spec.pkce {
+            let (challenge, pkce_verifier) = PkceCodeChallenge::new_random_sha256();
+            request = request.set_pkce_challenge(challenge);
+            verifier = Some(pkce_verifier.secret().clone());
+        }
+        let (url, state) = request.url();
+
+        let flow = PendingFlow {
+            plugin: link.plugin.clone(),
+            tenant: link.tenant.clone(),
+            user: link.user.clone(),
+            verifier,
+            browser_sha256: sha256_hex(&cookie),
+            expires_at: now_unix() + FLOW_TTL_SECS,
+        };
+        let key = sha256_hex(state.secret());
+        let json = serde_json::to_vec(&flow).expect("records serialize");
+        self.store
+            .put(Space::Flows, &key, &self.vault.seal(&key, &json))
+            .map_err(OAuthError::from)?;
+
+        Ok(Started {
+            redirect_to: url.to_string(),
+            cookie,
+        })
+    }
+
+    /// Takes the flow of a callback's `state`, once, and checks its browser and age.
+    pub fn take_flow(&self, state: &str, cookie: Option<&str>) -> Result<PendingFlow, FlowError> {
+        let key = sha256_hex(state);
+        let sealed = self
+            .store
+            .take(Space::Flows, &key)
+            .map_err(OAuthError::from)?
+            .ok_or(FlowError::StateGone)?;
+        let json = self.vault.unseal(&key, &sealed).map_err(OAuthError::from)?;
+        let flow: PendingFlow = serde_json::from_slice(&json).map_err(|_| FlowError::StateGone)?;
+        if flow.expires_at < now_unix() {
+            return Err(FlowError::StateGone);
+        }
+
+        let presented = sha256_hex(cookie.unwrap_or_default());
+        let same_browser: bool = presented
+            .as_bytes()
+            .ct_eq(flow.browser_sha256.as_bytes())
+            .into();
+        if cookie.is_none() || !same_browser {
+            return Err(FlowError::WrongBrowser);
+        }
+        Ok(flow)
+    }
+
+    /// Exchanges the callback's code and stores the user's tokens.
+    pub async fn complete(
+        &self,
+        flow: &PendingFlow,
+        spec: &OAuthSpec,
+        client: &OAuthClient,
+        code: &str,
+    ) -> Result<(), FlowError> {
+        let redirect_uri = self.redirect_uri();
+        let grant = Grant::Code {
+            code,
+            verifier: flow.verifier.as_deref(),
+            redirect_uri: &redirect_uri,
+        };
+        let tokens = self.request_tokens(spec, client, grant).await?;
+        self.connect(&flow.who(), tokens)?;
+        tracing::info!(plugin = %flow.plugin, tenant = %flow.tenant, user = %flow.user, "user connected");
+        Ok(())
+    }
+}

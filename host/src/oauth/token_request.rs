@@ -1,0 +1,191 @@
+//! Requests to the provider's token and revocation endpoints, shaped the way it wants them.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use serde_json::{Map, Value};
+
+use super::token_response::{TokenResponseError, TokenSet, parse_token_response};
+use super::{OAuth, OAuthClient, OAuthError};
+use crate::description::{ClientAuth, OAuthSpec, TokenRequestFormat};
+
+/// The largest token endpoint answer read.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// What is exchanged for tokens.
+pub(super) enum Grant<'a> {
+    /// An authorization code, with the PKCE verifier when PKCE is on.
+    Code {
+        code: &'a str,
+        verifier: Option<&'a str>,
+        redirect_uri: &'a str,
+    },
+    /// A refresh token.
+    Refresh { refresh_token: &'a str },
+}
+
+impl OAuth {
+    /// Asks the token endpoint for tokens.
+    pub(super) async fn request_tokens(
+        &self,
+        spec: &OAuthSpec,
+        client: &OAuthClient,
+        grant: Grant<'_>,
+    ) -> Result<TokenSet, OAuthError> {
+        let mut params: Vec<(&str, &str)> = match &grant {
+            Grant::Code {
+                code,
+                verifier,
+                redirect_uri,
+            } => {
+                let mut params = vec![
+                    ("grant_type", "authorization_code"),
+                    ("code", *code),
+                    ("redirect_uri", *redirect_uri),
+                ];
+                if let Some(verifier) = verifier {
+                    params.push(("code_verifier", verifier));
+                }
+                params
+            }
+            Grant::Refresh { refresh_token } => {
+                vec![
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", *refresh_token),
+                ]
+            }
+        };
+
+        let request = self
+            .egress
+            .host_request(reqwest::Method::POST, &spec.token_url)
+            .map_err(|reason| OAuthError::Transport(format!("the token URL is refused: {reason}")))?
+            .header(ACCEPT, "application/json");
+        let request = match spec.client_auth {
+            ClientAuth::Basic => request.header(AUTHORIZATION, basic_auth(client)),
+            ClientAuth::Form => {
+                params.push(("client_id", &client.client_id));
+                params.push(("client_secret", client.secret.expose()));
+                request
+            }
+        };
+        let request = match spec.token_request_format {
+            TokenRequestFormat::Form => request
+                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(form(&params)),
+            TokenRequestFormat::Json => request
+                .header(CONTENT_TYPE, "application/json")
+                .body(json(&params)),
+        };
+
+        let response = request
+            .send()
+            .await
+            .map_err(|err| OAuthError::Transport(without_url(err)))?;
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let body = read_capped(response).await?;
+
+        parse_token_response(status, content_type.as_deref(), &body, &spec.token_path).map_err(
+            |err| match err {
+                TokenResponseError::InvalidGrant { .. } => OAuthError::InvalidGrant,
+                other => OAuthError::Provider(other.to_string()),
+            },
+        )
+    }
+
+    /// Revokes a token at the provider (RFC 7009), if it declares a revocation endpoint.
+    /// Failure is logged, not fatal: the host forgets the token either way.
+    pub(super) async fn revoke(
+        &self,
+        spec: &OAuthSpec,
+        client: &OAuthClient,
+        token: &str,
+        hint: &str,
+    ) {
+        let Some(url) = &spec.revocation_url else {
+            return;
+        };
+        let mut params = vec![("token", token), ("token_type_hint", hint)];
+        let request = match self.egress.host_request(reqwest::Method::POST, url) {
+            Ok(request) => request,
+            Err(reason) => {
+                tracing::warn!(reason, "the revocation URL is refused");
+                return;
+            }
+        };
+        let request = match spec.client_auth {
+            ClientAuth::Basic => request.header(AUTHORIZATION, basic_auth(client)),
+            ClientAuth::Form => {
+                params.push(("client_id", &client.client_id));
+                params.push(("client_secret", client.secret.expose()));
+                request
+            }
+        };
+        let result = request
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(form(&params))
+            .send()
+            .await;
+        match result {
+            Ok(response) if response.status().is_success() => {}
+            Ok(response) => tracing::warn!(
+                status = response.status().as_u16(),
+                "token revocation refused"
+            ),
+            Err(err) => tracing::warn!(error = %without_url(err), "token revocation failed"),
+        }
+    }
+}
+
+/// HTTP Basic as RFC 6749 §2.3.1 wants it: id and secret form-encoded first.
+fn basic_auth(client: &OAuthClient) -> String {
+    let encode =
+        |text: &str| url::form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
+    let pair = format!(
+        "{}:{}",
+        encode(&client.client_id),
+        encode(client.secret.expose())
+    );
+    format!("Basic {}", STANDARD.encode(pair))
+}
+
+fn form(params: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish()
+}
+
+fn json(params: &[(&str, &str)]) -> String {
+    let object: Map<String, Value> = params
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), Value::String((*value).to_owned())))
+        .collect();
+    Value::Object(object).to_string()
+}
+
+/// A client error's message without its URL, whose query could hold a code.
+fn without_url(err: reqwest::Error) -> String {
+    err.without_url().to_string()
+}
+
+async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, OAuthError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|err| OAuthError::Transport(without_url(err)))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(OAuthError::Transport(
+                "the token answer is too large".to_owned(),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
