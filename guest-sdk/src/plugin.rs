@@ -6,8 +6,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use crate::__private::WitToolError;
-use crate::oauth::OAuth;
 use crate::ToolError;
+use crate::oauth::OAuth;
 
 /// The version of the description format this SDK writes (`wit/description.schema.json`).
 const DESCRIPTION_VERSION: u32 = 1;
@@ -322,9 +322,15 @@ mod tests {
         );
         assert_eq!(description["settings"][0]["required"], json!(true));
         assert_eq!(description["settings"][1]["secret"], json!(true));
-        assert_eq!(description["tools"][1]["requires_authorization"], json!(true));
+        assert_eq!(
+            description["tools"][1]["requires_authorization"],
+            json!(true)
+        );
         assert_eq!(description["oauth"]["scope_separator"], json!(","));
-        assert_eq!(description["oauth"]["authorization_params"]["access_type"], json!("offline"));
+        assert_eq!(
+            description["oauth"]["authorization_params"]["access_type"],
+            json!("offline")
+        );
     }
 
     #[test]

@@ -63,6 +63,10 @@ pub enum AuthError {
     /// The admin token from the environment is too short to be safe.
     #[error("KEYHOLE_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LEN} characters")]
     WeakAdminToken,
+    /// The admin token from the environment starts like an API key, so it would never be
+    /// recognised as the admin's.
+    #[error("KEYHOLE_ADMIN_TOKEN must not start with `{API_KEY_PREFIX}`, which marks API keys")]
+    AdminTokenLooksLikeApiKey,
     /// A tenant name outside `[A-Za-z0-9_.-]{1,64}`.
     #[error("a tenant is 1 to 64 letters, digits, `_`, `.` or `-`")]
     InvalidTenant,
@@ -88,6 +92,9 @@ impl Auth {
             (Some(token), _) => {
                 if token.len() < MIN_ADMIN_TOKEN_LEN {
                     return Err(AuthError::WeakAdminToken);
+                }
+                if token.starts_with(API_KEY_PREFIX) {
+                    return Err(AuthError::AdminTokenLooksLikeApiKey);
                 }
                 let hash = sha256(token);
                 store.put_meta(ADMIN_HASH_KEY, &hash)?;
@@ -200,7 +207,19 @@ mod tests {
     use crate::store::SledStore;
 
     fn open(dir: &std::path::Path, token: Option<&str>) -> (Auth, Option<ShownOnce>) {
-        let store = Arc::new(SledStore::open(dir).unwrap());
+        // sled's background flusher lets go of the directory lock shortly after the last
+        // handle is dropped; a reopen right away may have to wait for it.
+        let mut attempts = 0;
+        let store = loop {
+            match SledStore::open(dir) {
+                Ok(store) => break Arc::new(store),
+                Err(_) if attempts < 50 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(err) => panic!("{err}"),
+            }
+        };
         Auth::open(store, token).unwrap()
     }
 

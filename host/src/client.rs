@@ -1,6 +1,7 @@
 //! The command-line client: talks to a running server over its HTTP API.
 
 use std::path::Path;
+use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -262,6 +263,87 @@ impl Client {
             .await
     }
 
+    /// Sets a plugin's OAuth client.
+    pub async fn set_oauth_client(
+        &self,
+        plugin: &str,
+        client_id: &str,
+        client_secret: &str,
+    ) -> Result<Value, ClientError> {
+        self.send_json(
+            Method::PUT,
+            &format!("admin/plugins/{plugin}/oauth-client"),
+            Credential::Admin,
+            &json!({"client_id": client_id, "client_secret": client_secret}),
+        )
+        .await
+    }
+
+    /// A user's connections.
+    pub async fn connections(&self, user: &str) -> Result<Value, ClientError> {
+        self.send(
+            Method::GET,
+            &format!("v1/users/{}/connections", encode(user)),
+            Credential::ApiKey,
+            None,
+        )
+        .await
+    }
+
+    /// Disconnects a user from a plugin.
+    pub async fn disconnect(&self, user: &str, plugin: &str) -> Result<Value, ClientError> {
+        self.send(
+            Method::DELETE,
+            &format!("v1/users/{}/connections/{plugin}", encode(user)),
+            Credential::ApiKey,
+            None,
+        )
+        .await
+    }
+
+    /// Invokes a tool; when the user must authorize first, prints the link on stderr, waits
+    /// until the user has connected (at most `wait`), and tries once more. This is the
+    /// single-user flow, where whoever runs the command is also the one who authorizes.
+    pub async fn invoke_waiting(
+        &self,
+        plugin: &str,
+        tool: &str,
+        user: &str,
+        arguments: &str,
+        wait: Duration,
+    ) -> Result<Value, ClientError> {
+        let first = self.invoke(plugin, tool, user, arguments).await;
+        let Err(ClientError::Api { code, body, .. }) = &first else {
+            return first;
+        };
+        let Some(link) = body["error"]["authorize_url"].as_str() else {
+            return first;
+        };
+        if code != "authorization_required" {
+            return first;
+        }
+
+        eprintln!(
+            "Authorization needed. Open this link in a browser to connect the account:\n{link}"
+        );
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let connected = self.connections(user).await?["connections"]
+                .as_array()
+                .is_some_and(|all| all.iter().any(|c| c["plugin"] == plugin));
+            if connected {
+                eprintln!("Connected.");
+                return self.invoke(plugin, tool, user, arguments).await;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::Usage(
+                    "gave up waiting for the authorization".to_owned(),
+                ));
+            }
+        }
+    }
+
     /// Invokes a tool for a user.
     pub async fn invoke(
         &self,
@@ -280,4 +362,11 @@ impl Client {
         )
         .await
     }
+}
+
+/// Percent-encodes a path segment: user names are chosen by chat backends.
+fn encode(segment: &str) -> String {
+    url::form_urlencoded::byte_serialize(segment.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
 }

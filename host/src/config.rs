@@ -31,6 +31,8 @@ pub struct Config {
     pub max_concurrent_calls: u32,
     /// Largest linear memory one plugin instance may grow to, in bytes.
     pub max_memory_bytes: usize,
+    /// How long an authorization link, and the flow it starts, stay valid, in seconds.
+    pub oauth_flow_ttl_secs: u64,
     /// Outgoing HTTP from plugins.
     pub egress: EgressConfig,
 }
@@ -62,6 +64,7 @@ impl Default for Config {
             call_timeout_ms: 10_000,
             max_concurrent_calls: 128,
             max_memory_bytes: 64 * 1024 * 1024,
+            oauth_flow_ttl_secs: crate::oauth::DEFAULT_FLOW_TTL_SECS,
             egress: EgressConfig::default(),
         }
     }

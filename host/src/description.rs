@@ -211,6 +211,9 @@ impl Description {
             if let Err(err) = compile_schema(&tool.parameters) {
                 return invalid(format!("the parameters of `{}`: {err}", tool.name));
             }
+            if let Err(err) = check_reference_loops(&tool.parameters) {
+                return invalid(format!("the parameters of `{}`: {err}", tool.name));
+            }
         }
 
         if let Some(tool) = self.tools.iter().find(|tool| tool.requires_authorization)
@@ -302,7 +305,7 @@ pub fn check_arguments(
         .take(10)
         .map(|err| ArgumentProblem {
             path: err.instance_path.to_string(),
-            message: err.masked_with("the value").to_string(),
+            message: masked_message(&err),
         })
         .collect();
     if problems.is_empty() {
@@ -310,6 +313,125 @@ pub fn check_arguments(
     } else {
         Err(problems)
     }
+}
+
+/// A problem's message without the offending value, nor the names of unexpected properties,
+/// which are the caller's data too.
+fn masked_message(err: &jsonschema::ValidationError<'_>) -> String {
+    use jsonschema::error::ValidationErrorKind as Kind;
+    match &err.kind {
+        Kind::AdditionalProperties { .. } | Kind::UnevaluatedProperties { .. } => {
+            "has properties the schema does not allow".to_owned()
+        }
+        Kind::PropertyNames { .. } => "has a property name the schema does not allow".to_owned(),
+        _ => err.masked_with("the value").to_string(),
+    }
+}
+
+/// Refuses schemas whose references loop without descending into the instance: validating
+/// against one recurses forever on the same value. (A loop through `properties` or `items`
+/// is fine: it ends with the instance.)
+fn check_reference_loops(schema: &Value) -> Result<(), String> {
+    fn same_instance_children(node: &Value) -> Vec<String> {
+        let mut children = Vec::new();
+        let Value::Object(map) = node else {
+            return children;
+        };
+        for keyword in ["$ref", "$dynamicRef", "$recursiveRef"] {
+            if let Some(Value::String(target)) = map.get(keyword) {
+                children.push(target.clone());
+            }
+        }
+        for keyword in ["allOf", "anyOf", "oneOf"] {
+            if let Some(Value::Array(items)) = map.get(keyword) {
+                for index in 0..items.len() {
+                    children.push(format!("@{keyword}/{index}"));
+                }
+            }
+        }
+        for keyword in ["not", "if", "then", "else"] {
+            if map.contains_key(keyword) {
+                children.push(format!("@{keyword}"));
+            }
+        }
+        if let Some(Value::Object(dependent)) = map.get("dependentSchemas") {
+            for name in dependent.keys() {
+                children.push(format!("@dependentSchemas/{}", escape_pointer(name)));
+            }
+        }
+        children
+    }
+
+    fn resolve(root: &Value, from: &str, child: &str) -> Option<String> {
+        if let Some(relative) = child.strip_prefix('@') {
+            return Some(format!("{from}/{relative}"));
+        }
+        let pointer = child.strip_prefix('#')?;
+        if pointer.is_empty() || pointer.starts_with('/') {
+            return root.pointer(pointer).map(|_| pointer.to_owned());
+        }
+        // A `#name` anchor: conservatively treat it as the root, which every loop reaches.
+        Some(String::new())
+    }
+
+    fn visit(
+        root: &Value,
+        at: &str,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Result<(), String> {
+        if done.contains(at) {
+            return Ok(());
+        }
+        if path.iter().any(|p| p == at) {
+            return Err(format!(
+                "`{}` refers back to itself without consuming any input",
+                if at.is_empty() { "#" } else { at }
+            ));
+        }
+        if path.len() > 256 {
+            return Err("references nest more than 256 deep".to_owned());
+        }
+        let Some(node) = root.pointer(at) else {
+            return Ok(());
+        };
+        path.push(at.to_owned());
+        for child in same_instance_children(node) {
+            if let Some(next) = resolve(root, at, &child) {
+                visit(root, &next, path, done)?;
+            }
+        }
+        path.pop();
+        done.insert(at.to_owned());
+        Ok(())
+    }
+
+    let mut done = BTreeSet::new();
+    let mut stack = vec![String::new()];
+    // Every subschema can start a loop, not only the root: walk all of them.
+    while let Some(at) = stack.pop() {
+        visit(schema, &at, &mut Vec::new(), &mut done)?;
+        match schema.pointer(&at) {
+            Some(Value::Object(map)) => {
+                for (key, value) in map {
+                    if value.is_object() || value.is_array() {
+                        stack.push(format!("{at}/{}", escape_pointer(key)));
+                    }
+                }
+            }
+            Some(Value::Array(items)) => {
+                for index in 0..items.len() {
+                    stack.push(format!("{at}/{index}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn escape_pointer(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
 }
 
 #[cfg(test)]
@@ -460,6 +582,42 @@ mod tests {
             json!({"$ref": "https://169.254.169.254/latest/meta-data"});
         let err = parse(&value).unwrap_err().to_string();
         assert!(err.contains("not loaded"), "{err}");
+    }
+
+    #[test]
+    fn refuses_schemas_that_loop_on_the_same_value() {
+        let looping = [
+            json!({"$defs": {"a": {"allOf": [{"$ref": "#/$defs/b"}]}, "b": {"allOf": [{"$ref": "#/$defs/a"}]}}, "$ref": "#/$defs/a"}),
+            json!({"$ref": "#"}),
+            json!({"anyOf": [{"not": {"$ref": "#"}}]}),
+            json!({"properties": {"x": {"$defs": {"y": {"$ref": "#/properties/x/$defs/y"}}}}}),
+        ];
+        for schema in looping {
+            assert!(check_reference_loops(&schema).is_err(), "{schema}");
+        }
+
+        let finite = [
+            json!({"type": "object", "properties": {"child": {"$ref": "#"}}}),
+            json!({"$defs": {"node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/node"}}}}, "$ref": "#/$defs/node"}),
+            json!({"items": {"$ref": "#"}}),
+            json!({"allOf": [{"type": "object"}, {"required": ["a"]}]}),
+        ];
+        for schema in finite {
+            assert!(check_reference_loops(&schema).is_ok(), "{schema}");
+        }
+    }
+
+    #[test]
+    fn argument_problems_never_name_unexpected_properties() {
+        let validator = compile_schema(&json!({"type": "object", "additionalProperties": false, "propertyNames": {"pattern": "^a"}})).unwrap();
+        let problems = check_arguments(&validator, &json!({"SECRET_NAME": 1})).unwrap_err();
+        for problem in problems {
+            assert!(
+                !problem.message.contains("SECRET_NAME"),
+                "{}",
+                problem.message
+            );
+        }
     }
 
     #[test]

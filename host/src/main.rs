@@ -42,7 +42,8 @@ enum Command {
     ApiKey(ApiKeyCommand),
     /// List the tools as a chat backend sees them (API key).
     Tools(ClientArgs),
-    /// Invoke a tool for a user (API key).
+    /// Invoke a tool for a user (API key). When the user must authorize first, prints the
+    /// link and waits for the authorization to complete.
     Invoke {
         /// The plugin's id.
         plugin: String,
@@ -54,6 +55,27 @@ enum Command {
         /// The arguments, as a JSON object.
         #[arg(long, default_value = "{}")]
         args: String,
+        /// How long to wait for an authorization, in seconds.
+        #[arg(long, default_value_t = 600)]
+        wait_secs: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List a user's connected accounts (API key).
+    Connections {
+        /// The end user.
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Disconnect a user's account from a plugin, revoking its token (API key).
+    Disconnect {
+        /// The plugin's id.
+        plugin: String,
+        /// The end user.
+        #[arg(long)]
+        user: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -86,6 +108,9 @@ struct ServeArgs {
     /// Deadline of one tool call, in milliseconds [default: 10000].
     #[arg(long)]
     call_timeout_ms: Option<u64>,
+    /// How long an authorization link and its flow stay valid, in seconds [default: 600].
+    #[arg(long)]
+    oauth_flow_ttl_secs: Option<u64>,
     /// Calls running at once [default: 128].
     #[arg(long)]
     max_concurrent_calls: Option<u32>,
@@ -122,6 +147,9 @@ impl ServeArgs {
         }
         if let Some(ms) = self.call_timeout_ms {
             config.call_timeout_ms = ms;
+        }
+        if let Some(secs) = self.oauth_flow_ttl_secs {
+            config.oauth_flow_ttl_secs = secs;
         }
         if let Some(calls) = self.max_concurrent_calls {
             config.max_concurrent_calls = calls;
@@ -176,6 +204,17 @@ enum PluginCommand {
     Delete {
         /// The plugin's id.
         id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Set a plugin's OAuth client, approving the endpoints and hosts it declares. The secret
+    /// is read from KEYHOLE_CLIENT_SECRET, or from standard input.
+    OauthClient {
+        /// The plugin's id.
+        id: String,
+        /// The client id from the provider.
+        #[arg(long)]
+        client_id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -273,19 +312,56 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::ApiKey(ApiKeyCommand::Delete { key_id, client }) => {
             client.client().delete_api_key(&key_id).await?
         }
+        Command::Plugin(PluginCommand::OauthClient {
+            id,
+            client_id,
+            client,
+        }) => {
+            let secret = client_secret()?;
+            client
+                .client()
+                .set_oauth_client(&id, &client_id, &secret)
+                .await?
+        }
         Command::Tools(client) => client.client().tools().await?,
         Command::Invoke {
             plugin,
             tool,
             user,
             args,
+            wait_secs,
             client,
-        } => client.client().invoke(&plugin, &tool, &user, &args).await?,
+        } => {
+            let wait = std::time::Duration::from_secs(wait_secs);
+            client
+                .client()
+                .invoke_waiting(&plugin, &tool, &user, &args, wait)
+                .await?
+        }
+        Command::Connections { user, client } => client.client().connections(&user).await?,
+        Command::Disconnect {
+            plugin,
+            user,
+            client,
+        } => client.client().disconnect(&user, &plugin).await?,
     };
     if !output.is_null() {
         println!("{}", serde_json::to_string_pretty(&output)?);
     }
     Ok(())
+}
+
+/// The OAuth client secret, from the environment or standard input, never from a flag: flags
+/// show up in process listings and shell history.
+fn client_secret() -> anyhow::Result<String> {
+    if let Ok(secret) = std::env::var("KEYHOLE_CLIENT_SECRET") {
+        return Ok(secret);
+    }
+    let mut secret = String::new();
+    std::io::stdin()
+        .read_line(&mut secret)
+        .context("cannot read the client secret from standard input")?;
+    Ok(secret.trim_end_matches(['\r', '\n']).to_owned())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -340,7 +416,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         vault.clone(),
     )?);
     install_at_start(&registry, &args.install).await?;
-    let oauth = Arc::new(OAuth::new(store.clone(), vault, egress, public_url.clone()));
+    let oauth = Arc::new(OAuth::new(
+        store.clone(),
+        vault,
+        egress,
+        public_url.clone(),
+        config.oauth_flow_ttl_secs,
+    ));
 
     let state = AppState {
         registry,

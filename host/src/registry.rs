@@ -171,7 +171,8 @@ impl Registry {
         &self,
         wasm: Vec<u8>,
     ) -> Result<(Arc<InstalledPlugin>, Option<Arc<InstalledPlugin>>), RegistryError> {
-        let (loaded, artifact) = self.runtime.load_new(&wasm).await?;
+        let wasm: Arc<[u8]> = wasm.into();
+        let (loaded, artifact) = self.runtime.load_new(wasm.clone()).await?;
         let description = loaded.description;
         let id = description.id.clone();
         let record = PluginRecord {

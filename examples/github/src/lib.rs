@@ -101,7 +101,6 @@ fn plugin() -> Plugin {
         env!("CARGO_PKG_VERSION"),
         "Reads GitHub issues as the user.",
     )
-    .host("api.github.com")
     .oauth(github)
     .tool::<ListIssues>()
 }

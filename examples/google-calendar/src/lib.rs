@@ -109,7 +109,6 @@ fn plugin() -> Plugin {
         env!("CARGO_PKG_VERSION"),
         "Reads the user's upcoming Google Calendar events.",
     )
-    .host("www.googleapis.com")
     .oauth(google)
     .tool::<UpcomingEvents>()
 }

@@ -73,7 +73,6 @@ fn plugin() -> Plugin {
         env!("CARGO_PKG_VERSION"),
         "Posts messages to Slack as the user.",
     )
-    .host("slack.com")
     .oauth(slack)
     .tool::<PostMessage>()
 }

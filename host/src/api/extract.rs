@@ -118,9 +118,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         let bytes = read_body(request, state.limits.json).await?;
-        serde_json::from_slice(&bytes).map(ApiJson).map_err(|err| {
-            ApiError::bad_request(format!("the body is not the expected JSON: {err}"))
-        })
+        serde_json::from_slice(&bytes)
+            .map(ApiJson)
+            .map_err(|err| ApiError::bad_request(json_problem(&err)))
     }
 }
 
@@ -138,4 +138,18 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiPath<T> {
                 ApiError::bad_request("the URL path is not valid UTF-8 or has the wrong shape")
             })
     }
+}
+
+/// What is wrong with a JSON body, without quoting any of its values: serde's messages for a
+/// wrong type quote the value, which may be a secret (a setting) or a user's data.
+fn json_problem(err: &serde_json::Error) -> String {
+    let message = err.to_string();
+    if message.starts_with("invalid type") || message.starts_with("invalid value") {
+        return format!(
+            "the body is not the expected JSON: a field has the wrong type (line {}, column {})",
+            err.line(),
+            err.column()
+        );
+    }
+    format!("the body is not the expected JSON: {message}")
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::extract::ApiPath;
-use crate::oauth::{FLOW_TTL_SECS, FlowError};
+use crate::oauth::FlowError;
 
 const COOKIE_NAME: &str = "keyhole_oauth";
 
@@ -26,8 +26,9 @@ pub(super) async fn authorize(
             } else {
                 ""
             };
+            let ttl = state.oauth.flow_ttl_secs();
             let cookie = format!(
-                "{COOKIE_NAME}={cookie}; HttpOnly; SameSite=Lax; Path=/oauth; Max-Age={FLOW_TTL_SECS}{secure}"
+                "{COOKIE_NAME}={cookie}; HttpOnly; SameSite=Lax; Path=/oauth; Max-Age={ttl}{secure}"
             );
             let mut headers = HeaderMap::new();
             headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -48,13 +48,17 @@ impl EgressHooks {
     }
 
     /// Decides whether the request may leave, and logs a refusal.
+    ///
+    /// Every decision is made on the URL as the client will use it (WHATWG-parsed), not on the
+    /// guest's raw authority: `127.1`, `0x7f000001` or `127.0.0.1.` are all 127.0.0.1 to the
+    /// client, and must be to the checks.
     fn check(&self, uri: &http::Uri, headers: &http::HeaderMap) -> Result<Url, Error> {
-        let host = uri.host().unwrap_or_default();
+        let raw_host = uri.host().unwrap_or_default();
         let refuse = |reason: &str| {
             tracing::warn!(
                 plugin = %self.plugin,
                 call = self.call,
-                host,
+                host = raw_host,
                 reason,
                 "outgoing request refused (HttpRequestDenied)"
             );
@@ -64,25 +68,43 @@ impl EgressHooks {
         if uri.scheme() != Some(&Scheme::HTTPS) {
             return refuse("not https");
         }
-        let port = uri.port_u16().unwrap_or(443);
-        if !self.policy.allows(host, port) {
+        let Ok(mut url) = Url::parse(&uri.to_string()) else {
+            return refuse("not a valid URL");
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            return refuse("credentials in the URL");
+        }
+        let port = url.port_or_known_default().unwrap_or(443);
+
+        let host = match url.host() {
+            Some(url::Host::Domain(domain)) => {
+                let domain = domain.trim_end_matches('.').to_owned();
+                // One spelling for the policy, the overrides and the resolver.
+                if url.set_host(Some(&domain)).is_err() {
+                    return refuse("not a valid host");
+                }
+                domain
+            }
+            Some(url::Host::Ipv4(ip)) => {
+                if !is_public(IpAddr::V4(ip)) && !self.egress.is_overridden(&url) {
+                    return refuse("address not public");
+                }
+                ip.to_string()
+            }
+            Some(url::Host::Ipv6(ip)) => {
+                if !is_public(IpAddr::V6(ip)) && !self.egress.is_overridden(&url) {
+                    return refuse("address not public");
+                }
+                format!("[{ip}]")
+            }
+            None => return refuse("no host"),
+        };
+
+        if !self.policy.allows(&host, port) {
             return refuse("host not declared by the plugin");
         }
-        if let Err(reason) = self
-            .credentials
-            .check(&uri.to_string(), headers, host, port)
-        {
+        if let Err(reason) = self.credentials.check(url.as_str(), headers, &host, port) {
             return refuse(reason);
-        }
-        let url = Url::parse(&uri.to_string()).map_err(|_| Error::HttpRequestUriInvalid)?;
-        // Names are checked at connect time by the resolver; literal addresses never reach it.
-        let literal = host.trim_start_matches('[').trim_end_matches(']');
-        let overridden = self.egress.is_overridden(&url);
-        if let Ok(ip) = literal.parse::<IpAddr>()
-            && !is_public(ip)
-            && !overridden
-        {
-            return refuse("address not public");
         }
         Ok(url)
     }
@@ -217,5 +239,81 @@ fn error_code(err: reqwest::Error) -> Error {
         Error::HttpResponseIncomplete
     } else {
         Error::HttpProtocolError
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EgressConfig;
+
+    fn hooks(hosts: &[&str]) -> EgressHooks {
+        let config = EgressConfig {
+            overrides: vec![
+                "https://overridden.test=https://127.0.0.1:9443"
+                    .parse()
+                    .unwrap(),
+            ],
+            ..EgressConfig::default()
+        };
+        EgressHooks::new(
+            Arc::new(Egress::new(&config).unwrap()),
+            Arc::new(HostPolicy::new(hosts)),
+            Arc::default(),
+            Arc::from("test"),
+            1,
+        )
+    }
+
+    fn check(hooks: &EgressHooks, uri: &str) -> Result<Url, Error> {
+        hooks.check(&uri.parse().unwrap(), &http::HeaderMap::new())
+    }
+
+    #[test]
+    fn refuses_every_spelling_of_an_internal_address() {
+        let hooks = hooks(&[
+            "127.0.0.1:9555",
+            "127.1:9555",
+            "2130706433:9555",
+            "0x7f000001:9555",
+            "*.1:9555",
+            "0177.0.0.1:9555",
+            "10.0.0.1",
+            "169.254.169.254",
+        ]);
+        for uri in [
+            "https://127.0.0.1:9555/a",
+            "https://127.0.0.1.:9555/b",
+            "https://127.1:9555/c",
+            "https://2130706433:9555/d",
+            "https://0x7f000001:9555/e",
+            "https://0177.0.0.1:9555/f",
+            "https://10.0.0.1./x",
+            "https://169.254.169.254./latest/meta-data/",
+            "https://[::1]/",
+            "https://[::ffff:127.0.0.1]/",
+        ] {
+            assert!(
+                matches!(check(&hooks, uri), Err(Error::HttpRequestDenied)),
+                "{uri}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_credentials_in_the_url_and_plain_http() {
+        let hooks = hooks(&["allowed.test"]);
+        assert!(check(&hooks, "https://evil.internal@allowed.test/").is_err());
+        assert!(check(&hooks, "http://allowed.test/").is_err());
+        assert!(check(&hooks, "https://allowed.test:8443/").is_err());
+        assert!(check(&hooks, "https://allowed.test/x").is_ok());
+    }
+
+    #[test]
+    fn a_trailing_dot_names_the_same_host_for_policy_and_overrides() {
+        let hooks = hooks(&["overridden.test"]);
+        let url = check(&hooks, "https://overridden.test./x").unwrap();
+        assert_eq!(url.host_str(), Some("overridden.test"));
+        assert!(hooks.egress.is_overridden(&url));
     }
 }

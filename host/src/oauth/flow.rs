@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::token_request::Grant;
-use super::{ConnectionRef, FLOW_TTL_SECS, OAuth, OAuthClient, OAuthError};
+use super::{ConnectionRef, OAuth, OAuthClient, OAuthError};
 use crate::description::OAuthSpec;
 use crate::store::Space;
 use crate::time::now_unix;
@@ -116,7 +116,7 @@ impl OAuth {
             plugin: who.plugin.clone(),
             tenant: who.tenant.clone(),
             user: who.user.clone(),
-            expires_at: now_unix() + FLOW_TTL_SECS,
+            expires_at: now_unix() + self.flow_ttl_secs,
         };
         let bytes = serde_json::to_vec(&record).expect("records serialize");
         self.store.put(Space::Links, &sha256_hex(&link), &bytes)?;
@@ -131,7 +131,7 @@ impl OAuth {
             .map_err(OAuthError::from)?
             .ok_or(FlowError::LinkGone)?;
         let record: LinkRecord = serde_json::from_slice(&bytes).map_err(|_| FlowError::LinkGone)?;
-        if record.expires_at < now_unix() {
+        if record.expires_at <= now_unix() {
             return Err(FlowError::LinkGone);
         }
         Ok(record)
@@ -173,7 +173,7 @@ impl OAuth {
             user: link.user.clone(),
             verifier,
             browser_sha256: sha256_hex(&cookie),
-            expires_at: now_unix() + FLOW_TTL_SECS,
+            expires_at: now_unix() + self.flow_ttl_secs,
         };
         let key = sha256_hex(state.secret());
         let json = serde_json::to_vec(&flow).expect("records serialize");
@@ -197,7 +197,7 @@ impl OAuth {
             .ok_or(FlowError::StateGone)?;
         let json = self.vault.unseal(&key, &sealed).map_err(OAuthError::from)?;
         let flow: PendingFlow = serde_json::from_slice(&json).map_err(|_| FlowError::StateGone)?;
-        if flow.expires_at < now_unix() {
+        if flow.expires_at <= now_unix() {
             return Err(FlowError::StateGone);
         }
 

@@ -29,8 +29,8 @@ pub use client::OAuthClient;
 pub use connections::{ConnectionRef, ConnectionView};
 pub use flow::{FlowError, PendingFlow};
 
-/// How long an authorization link, and the flow it starts, stay valid.
-pub const FLOW_TTL_SECS: u64 = 10 * 60;
+/// How long an authorization link, and the flow it starts, stay valid, unless configured.
+pub const DEFAULT_FLOW_TTL_SECS: u64 = 10 * 60;
 
 /// The OAuth side of the server.
 pub struct OAuth {
@@ -38,6 +38,7 @@ pub struct OAuth {
     vault: Arc<Vault>,
     egress: Arc<Egress>,
     public_url: Url,
+    flow_ttl_secs: u64,
     /// One lock per connection, so that concurrent calls wait for a single refresh: providers
     /// that rotate refresh tokens would otherwise invalidate all but one of them.
     refreshing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -64,18 +65,20 @@ pub enum OAuthError {
 }
 
 impl OAuth {
-    /// The OAuth side, reached by users at `public_url`.
+    /// The OAuth side, reached by users at `public_url`; links and flows live `flow_ttl_secs`.
     pub fn new(
         store: Arc<dyn Store>,
         vault: Arc<Vault>,
         egress: Arc<Egress>,
         public_url: Url,
+        flow_ttl_secs: u64,
     ) -> Self {
         Self {
             store,
             vault,
             egress,
             public_url,
+            flow_ttl_secs,
             refreshing: Mutex::new(HashMap::new()),
         }
     }
@@ -83,6 +86,11 @@ impl OAuth {
     /// Where providers send the user back; the admin registers it with the provider.
     pub fn redirect_uri(&self) -> String {
         self.url("oauth/callback")
+    }
+
+    /// How long links and flows stay valid.
+    pub fn flow_ttl_secs(&self) -> u64 {
+        self.flow_ttl_secs
     }
 
     /// Whether the flow's cookie must be `Secure`.

@@ -43,6 +43,8 @@ impl HostApi {
             MAX_MESSAGE_BYTES.min(MAX_CALL_LOG_BYTES - self.logged),
         );
         self.logged += message.len();
+        // A plugin must not forge log lines or colour the operator's terminal.
+        let message = escape_controls(message);
 
         let (plugin, call) = (&*self.plugin, self.call);
         match level {
@@ -60,6 +62,23 @@ impl HostApi {
             );
         }
     }
+}
+
+/// Escapes control characters (newlines, escape sequences) so that a message stays one line.
+fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// Cuts `text` to at most `max` bytes, at a character boundary.
@@ -87,6 +106,15 @@ impl Host for CallState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_control_characters() {
+        assert_eq!(
+            escape_controls("a\nINFO forged\u{1b}[31m"),
+            "a\\nINFO forged\\u{1b}[31m"
+        );
+        assert_eq!(escape_controls("plain"), "plain");
+    }
 
     #[test]
     fn truncates_at_character_boundaries() {

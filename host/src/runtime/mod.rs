@@ -46,6 +46,13 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Extra instance slots beyond the call limit, for uploads describing themselves.
 const SPARE_SLOTS: u32 = 8;
 
+/// A plugin's share of the pool. A Rust `wasm32-wasip2` component holds three core instances
+/// (program, WASI adapter, shim), one or two memories and a few tables; other toolchains
+/// (componentize-js, componentize-py) need a little more.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
+const MEMORIES_PER_COMPONENT: u32 = 4;
+const TABLES_PER_COMPONENT: u32 = 8;
+
 /// The engine, the linker and the limits every call runs under.
 pub struct Runtime {
     engine: Engine,
@@ -157,17 +164,22 @@ impl Runtime {
     }
 
     /// Compiles an uploaded component, checks that it implements the world, and asks it to
-    /// describe itself. CPU-heavy: run it off the async executor's threads.
-    pub async fn load_new(&self, wasm: &[u8]) -> Result<(Loaded, CompiledArtifact), LoadError> {
-        sniff(wasm)?;
-        let component = Component::new(&self.engine, wasm)
-            .map_err(|err| LoadError::Invalid(format!("{err:#}")))?;
+    /// describe itself. Compiling is CPU-heavy and runs on the blocking pool, so that an upload
+    /// does not stall the calls served meanwhile.
+    pub async fn load_new(&self, wasm: Arc<[u8]>) -> Result<(Loaded, CompiledArtifact), LoadError> {
+        sniff(&wasm)?;
+        let engine = self.engine.clone();
+        let (component, bytes) = tokio::task::spawn_blocking(move || {
+            let component = Component::new(&engine, &wasm)?;
+            let bytes = component.serialize()?;
+            Ok::<_, wasmtime::Error>((component, bytes))
+        })
+        .await
+        .map_err(|err| LoadError::Invalid(format!("compilation stopped: {err}")))?
+        .map_err(|err| LoadError::Invalid(format!("{err:#}")))?;
+
         let pre = self.link(&component)?;
         let description = self.describe(&pre).await?;
-
-        let bytes = component
-            .serialize()
-            .map_err(|err| LoadError::Invalid(format!("{err:#}")))?;
         let artifact = CompiledArtifact {
             engine_key: self.engine_key.clone(),
             bytes,
@@ -336,11 +348,16 @@ fn engine_config(limits: &RuntimeLimits) -> Config {
 
     // A Rust wasm32-wasip2 component holds three core instances (the program, the WASI adapter
     // and a shim), and each has a memory or table or two; size the pool with room to spare.
+    // Each component is held to a fixed share, so that one plugin cannot take the slots of
+    // the others' calls; a component over the share fails to instantiate at upload.
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(slots)
-        .total_core_instances(slots * 4)
-        .total_memories(slots * 2)
-        .total_tables(slots * 4)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+        .max_memories_per_component(MEMORIES_PER_COMPONENT)
+        .max_tables_per_component(TABLES_PER_COMPONENT)
+        .total_core_instances(slots * CORE_INSTANCES_PER_COMPONENT)
+        .total_memories(slots * MEMORIES_PER_COMPONENT)
+        .total_tables(slots * TABLES_PER_COMPONENT)
         .total_stacks(slots)
         .max_memory_size(limits.max_memory_bytes)
         .max_unused_warm_slots(slots.min(64));
