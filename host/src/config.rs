@@ -31,6 +31,8 @@ pub struct Config {
     pub max_concurrent_calls: u32,
     /// Largest linear memory one plugin instance may grow to, in bytes.
     pub max_memory_bytes: usize,
+    /// Largest tool result, in bytes of JSON.
+    pub max_result_bytes: usize,
     /// How long an authorization link, and the flow it starts, stay valid, in seconds.
     pub oauth_flow_ttl_secs: u64,
     /// Outgoing HTTP from plugins.
@@ -50,6 +52,8 @@ pub struct EgressConfig {
     pub request_timeout_ms: u64,
     /// Largest request or response body a plugin may send or receive, in bytes.
     pub max_body_bytes: usize,
+    /// Outgoing requests one call may make.
+    pub max_requests_per_call: u32,
 }
 
 impl Default for Config {
@@ -64,6 +68,7 @@ impl Default for Config {
             call_timeout_ms: 10_000,
             max_concurrent_calls: 128,
             max_memory_bytes: 64 * 1024 * 1024,
+            max_result_bytes: 1024 * 1024,
             oauth_flow_ttl_secs: crate::oauth::DEFAULT_FLOW_TTL_SECS,
             egress: EgressConfig::default(),
         }
@@ -77,6 +82,7 @@ impl Default for EgressConfig {
             ca_files: Vec::new(),
             request_timeout_ms: 10_000,
             max_body_bytes: 10 * 1024 * 1024,
+            max_requests_per_call: 64,
         }
     }
 }

@@ -431,6 +431,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         store: store.clone(),
         oauth,
         calls: Arc::new(Semaphore::new(config.max_concurrent_calls as usize)),
+        max_result_bytes: config.max_result_bytes,
         limits: BodyLimits {
             upload: config.max_upload_bytes,
             json: config.max_request_bytes,

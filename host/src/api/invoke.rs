@@ -112,6 +112,19 @@ impl AppState {
             return Err(self.authorization_required(&who(call))?);
         }
         let output = result.map_err(|err| call_error(call, err))?;
+        if output.len() > self.max_result_bytes {
+            tracing::warn!(
+                plugin = call.plugin,
+                tool = call.tool,
+                bytes = output.len(),
+                "the result is over the size limit"
+            );
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "plugin_failed",
+                "the tool's result is over the size limit",
+            ));
+        }
         serde_json::from_str(&output).map_err(|_| {
             tracing::warn!(
                 plugin = call.plugin,

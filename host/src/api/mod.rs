@@ -41,6 +41,8 @@ pub struct AppState {
     pub calls: Arc<Semaphore>,
     /// Size limits of request bodies.
     pub limits: BodyLimits,
+    /// Largest tool result, in bytes of JSON.
+    pub max_result_bytes: usize,
 }
 
 /// Size limits of request bodies.

@@ -27,6 +27,8 @@ pub struct EgressHooks {
     credentials: Arc<Credentials>,
     plugin: Arc<str>,
     call: u64,
+    /// Requests made so far in this call.
+    requests: u32,
 }
 
 impl EgressHooks {
@@ -44,6 +46,7 @@ impl EgressHooks {
             credentials,
             plugin,
             call,
+            requests: 0,
         }
     }
 
@@ -52,7 +55,8 @@ impl EgressHooks {
     /// Every decision is made on the URL as the client will use it (WHATWG-parsed), not on the
     /// guest's raw authority: `127.1`, `0x7f000001` or `127.0.0.1.` are all 127.0.0.1 to the
     /// client, and must be to the checks.
-    fn check(&self, uri: &http::Uri, headers: &http::HeaderMap) -> Result<Url, Error> {
+    fn check(&mut self, uri: &http::Uri, headers: &http::HeaderMap) -> Result<Url, Error> {
+        self.requests = self.requests.saturating_add(1);
         let raw_host = uri.host().unwrap_or_default();
         let refuse = |reason: &str| {
             tracing::warn!(
@@ -65,6 +69,9 @@ impl EgressHooks {
             Err(Error::HttpRequestDenied)
         };
 
+        if self.requests > self.egress.max_requests_per_call() {
+            return refuse("too many requests in one call");
+        }
         if uri.scheme() != Some(&Scheme::HTTPS) {
             return refuse("not https");
         }
@@ -265,13 +272,13 @@ mod tests {
         )
     }
 
-    fn check(hooks: &EgressHooks, uri: &str) -> Result<Url, Error> {
+    fn check(hooks: &mut EgressHooks, uri: &str) -> Result<Url, Error> {
         hooks.check(&uri.parse().unwrap(), &http::HeaderMap::new())
     }
 
     #[test]
     fn refuses_every_spelling_of_an_internal_address() {
-        let hooks = hooks(&[
+        let mut hooks = hooks(&[
             "127.0.0.1:9555",
             "127.1:9555",
             "2130706433:9555",
@@ -294,7 +301,7 @@ mod tests {
             "https://[::ffff:127.0.0.1]/",
         ] {
             assert!(
-                matches!(check(&hooks, uri), Err(Error::HttpRequestDenied)),
+                matches!(check(&mut hooks, uri), Err(Error::HttpRequestDenied)),
                 "{uri}"
             );
         }
@@ -302,17 +309,26 @@ mod tests {
 
     #[test]
     fn refuses_credentials_in_the_url_and_plain_http() {
-        let hooks = hooks(&["allowed.test"]);
-        assert!(check(&hooks, "https://evil.internal@allowed.test/").is_err());
-        assert!(check(&hooks, "http://allowed.test/").is_err());
-        assert!(check(&hooks, "https://allowed.test:8443/").is_err());
-        assert!(check(&hooks, "https://allowed.test/x").is_ok());
+        let mut hooks = hooks(&["allowed.test"]);
+        assert!(check(&mut hooks, "https://evil.internal@allowed.test/").is_err());
+        assert!(check(&mut hooks, "http://allowed.test/").is_err());
+        assert!(check(&mut hooks, "https://allowed.test:8443/").is_err());
+        assert!(check(&mut hooks, "https://allowed.test/x").is_ok());
+    }
+
+    #[test]
+    fn a_call_makes_a_bounded_number_of_requests() {
+        let mut hooks = hooks(&["allowed.test"]);
+        for _ in 0..64 {
+            assert!(check(&mut hooks, "https://allowed.test/").is_ok());
+        }
+        assert!(check(&mut hooks, "https://allowed.test/").is_err());
     }
 
     #[test]
     fn a_trailing_dot_names_the_same_host_for_policy_and_overrides() {
-        let hooks = hooks(&["overridden.test"]);
-        let url = check(&hooks, "https://overridden.test./x").unwrap();
+        let mut hooks = hooks(&["overridden.test"]);
+        let url = check(&mut hooks, "https://overridden.test./x").unwrap();
         assert_eq!(url.host_str(), Some("overridden.test"));
         assert!(hooks.egress.is_overridden(&url));
     }

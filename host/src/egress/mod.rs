@@ -37,6 +37,7 @@ pub struct Egress {
     overrides: Vec<EgressOverride>,
     request_timeout: Duration,
     max_body_bytes: usize,
+    max_requests_per_call: u32,
 }
 
 /// The egress could not be set up.
@@ -96,6 +97,7 @@ impl Egress {
             overrides: config.overrides.clone(),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             max_body_bytes: config.max_body_bytes,
+            max_requests_per_call: config.max_requests_per_call,
         })
     }
 
@@ -152,6 +154,11 @@ impl Egress {
     /// Deadline of one outgoing request.
     pub fn request_timeout(&self) -> Duration {
         self.request_timeout
+    }
+
+    /// Outgoing requests one call may make.
+    pub fn max_requests_per_call(&self) -> u32 {
+        self.max_requests_per_call
     }
 
     /// Largest request or response body.
