@@ -440,9 +440,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(address = %bound, public_url = %public_url, "serving");
     println!("keyhole listening on http://{bound}");
 
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    // On a signal the server stops accepting connections and lets calls in flight finish, but
+    // no longer than a call may take, plus a margin for answers to be written.
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let signalled = stopping.clone();
+    let grace = config.call_timeout() + std::time::Duration::from_secs(5);
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        signalled.notify_one();
+    });
+    tokio::select! {
+        served = server => served?,
+        () = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("calls still running after the grace period; stopping anyway");
+        }
+    }
     store.flush()?;
     tracing::info!("stopped");
     Ok(())
