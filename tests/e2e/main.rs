@@ -11,6 +11,7 @@
 //! - [`bad_input`]: what the server refuses, and how.
 //! - [`egress`]: which requests leave the sandbox.
 //! - [`oauth_examples`]: the OAuth example plugins through the whole authorization flow.
+//! - [`oauth_flow`]: the OAuth flow against a real authorization server, edge cases included.
 //! - [`durability`]: what survives a restart or a crash.
 //! - [`cli`]: the client commands of the binary.
 
@@ -22,3 +23,4 @@ mod durability;
 mod egress;
 mod harness;
 mod oauth_examples;
+mod oauth_flow;

@@ -39,6 +39,9 @@ const stats = {
   wrong_client_auth: 0,
 };
 
+// Every grant the played user consented to, for POST /test/revoke-all.
+const grantIds = new Set();
+
 // The issuer must carry the real port, so listen first and build the provider afterwards.
 const server = createServer();
 server.listen(Number(env('PORT', '0')), '127.0.0.1', () => {
@@ -136,7 +139,9 @@ function autoInteraction(provider) {
         ? await provider.Grant.find(grantId)
         : new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
       if (params.scope) grant.addOIDCScope(params.scope);
-      result = { consent: { grantId: await grant.save() } };
+      const savedId = await grant.save();
+      grantIds.add(savedId);
+      result = { consent: { grantId: savedId } };
     }
 
     // Back to /auth/:uid, which resumes the authorization request with this result.
@@ -144,11 +149,23 @@ function autoInteraction(provider) {
   };
 }
 
-// GET /api/me stands in for the provider's API; GET /test/stats exposes the counters.
+// GET /api/me stands in for the provider's API; GET /test/stats exposes the counters;
+// POST /test/revoke-all revokes every grant with its tokens, as a user who disconnects the app in
+// the provider's settings would, without the client knowing.
 function testApi(provider) {
   return async (ctx, next) => {
     if (ctx.method === 'GET' && ctx.path === '/test/stats') {
       ctx.body = stats;
+      return;
+    }
+    if (ctx.method === 'POST' && ctx.path === '/test/revoke-all') {
+      for (const grantId of grantIds) {
+        await provider.AccessToken.revokeByGrantId(grantId);
+        await provider.RefreshToken.revokeByGrantId(grantId);
+        await provider.Grant.adapter.destroy(grantId);
+      }
+      ctx.body = { revoked_grants: grantIds.size };
+      grantIds.clear();
       return;
     }
     if (ctx.method !== 'GET' || ctx.path !== '/api/me') return next();

@@ -189,7 +189,13 @@ pub(super) async fn disconnect(
 ) -> Result<StatusCode, ApiError> {
     let installed = state.registry.get(&plugin);
     let spec = installed.as_ref().and_then(|p| p.oauth.clone());
-    let client = state.oauth.client(&plugin).map_err(ApiError::internal)?;
+    // A suspended client must not send its secret to a revocation URL the admin has not
+    // approved: the connection is then only forgotten, not revoked at the provider.
+    let client = state
+        .oauth
+        .client(&plugin)
+        .map_err(ApiError::internal)?
+        .filter(|client| spec.as_deref().is_some_and(|spec| client.is_active(spec)));
     let who = ConnectionRef {
         plugin: plugin.clone(),
         tenant: backend.tenant.clone(),

@@ -189,3 +189,154 @@ async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, OAuthEr
     }
     Ok(body)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::http::HeaderMap;
+    use axum::routing::post;
+    use cap_std::ambient_authority;
+    use cap_std::fs::Dir;
+
+    use super::*;
+    use crate::config::EgressConfig;
+    use crate::description::Description;
+    use crate::egress::Egress;
+    use crate::store::SledStore;
+    use crate::vault::{Secret, Vault};
+
+    /// What the token endpoint received.
+    #[derive(Debug, Clone, Default)]
+    struct Seen {
+        headers: HeaderMap,
+        body: String,
+    }
+
+    /// A token endpoint on loopback that records the request and answers `answer`.
+    async fn token_endpoint(answer: &'static str) -> (String, Arc<Mutex<Vec<Seen>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let app = Router::new().route(
+            "/token",
+            post(move |headers: HeaderMap, body: String| {
+                let record = record.clone();
+                async move {
+                    record.lock().unwrap().push(Seen { headers, body });
+                    ([("content-type", "application/json")], answer)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{address}"), seen)
+    }
+
+    fn spec(client_auth: &str, format: &str) -> OAuthSpec {
+        let description = serde_json::json!({
+            "description_version": 1, "id": "p", "name": "P", "version": "1", "description": "",
+            "tools": [{"name": "t", "description": "T", "parameters": {"type": "object"}}],
+            "oauth": {
+                "authorization_url": "https://provider.test/auth",
+                "token_url": "https://provider.test/token",
+                "api_hosts": ["api.provider.test"],
+                "client_auth": client_auth,
+                "token_request_format": format
+            }
+        });
+        Description::parse(&description.to_string())
+            .unwrap()
+            .oauth
+            .unwrap()
+    }
+
+    fn oauth(endpoint: &str, dir: &std::path::Path) -> OAuth {
+        let config = EgressConfig {
+            overrides: vec![format!("https://provider.test={endpoint}").parse().unwrap()],
+            ..EgressConfig::default()
+        };
+        let store = Arc::new(SledStore::open(&dir.join("store")).unwrap());
+        let data = Dir::open_ambient_dir(dir, ambient_authority()).unwrap();
+        let vault = Arc::new(Vault::open(&data, None).unwrap());
+        let egress = Arc::new(Egress::new(&config).unwrap());
+        let public = url::Url::parse("http://127.0.0.1:1").unwrap();
+        OAuth::new(store, vault, egress, public, 600)
+    }
+
+    fn client() -> OAuthClient {
+        OAuthClient {
+            client_id: "client id".to_owned(),
+            secret: Secret("s3cret+/=".to_owned()),
+            approved: String::new(),
+        }
+    }
+
+    async fn exchange(client_auth: &str, format: &str) -> Seen {
+        let (endpoint, seen) =
+            token_endpoint(r#"{"access_token":"at","token_type":"Bearer","expires_in":60}"#).await;
+        let dir = tempfile::tempdir().unwrap();
+        let oauth = oauth(&endpoint, dir.path());
+        let grant = Grant::Code {
+            code: "the-code",
+            verifier: Some("the-verifier"),
+            redirect_uri: "http://127.0.0.1:1/oauth/callback",
+        };
+        let tokens = oauth
+            .request_tokens(&spec(client_auth, format), &client(), grant)
+            .await
+            .unwrap();
+        assert_eq!(tokens.access_token, "at");
+        seen.lock().unwrap()[0].clone()
+    }
+
+    #[tokio::test]
+    async fn basic_client_authentication_sends_the_secret_only_in_the_header() {
+        let seen = exchange("basic", "form").await;
+        let expected = STANDARD.encode("client+id:s3cret%2B%2F%3D");
+        assert_eq!(seen.headers["authorization"], format!("Basic {expected}"));
+        assert!(!seen.body.contains("client_secret"), "{}", seen.body);
+        assert!(!seen.body.contains("client_id"), "{}", seen.body);
+        assert_eq!(
+            seen.headers["content-type"],
+            "application/x-www-form-urlencoded"
+        );
+        assert_eq!(seen.headers["accept"], "application/json");
+        let form: Vec<(String, String)> = url::form_urlencoded::parse(seen.body.as_bytes())
+            .into_owned()
+            .collect();
+        for pair in [
+            ("grant_type", "authorization_code"),
+            ("code", "the-code"),
+            ("code_verifier", "the-verifier"),
+            ("redirect_uri", "http://127.0.0.1:1/oauth/callback"),
+        ] {
+            assert!(
+                form.contains(&(pair.0.to_owned(), pair.1.to_owned())),
+                "{form:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn form_client_authentication_sends_the_secret_only_in_the_body() {
+        let seen = exchange("form", "form").await;
+        assert!(seen.headers.get("authorization").is_none());
+        let form: Vec<(String, String)> = url::form_urlencoded::parse(seen.body.as_bytes())
+            .into_owned()
+            .collect();
+        assert!(form.contains(&("client_id".to_owned(), "client id".to_owned())));
+        assert!(form.contains(&("client_secret".to_owned(), "s3cret+/=".to_owned())));
+    }
+
+    #[tokio::test]
+    async fn json_token_requests_send_a_json_body() {
+        let seen = exchange("form", "json").await;
+        assert_eq!(seen.headers["content-type"], "application/json");
+        let body: serde_json::Value = serde_json::from_str(&seen.body).unwrap();
+        assert_eq!(body["grant_type"], "authorization_code");
+        assert_eq!(body["code_verifier"], "the-verifier");
+        assert_eq!(body["client_secret"], "s3cret+/=");
+    }
+}

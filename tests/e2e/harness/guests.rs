@@ -20,6 +20,11 @@ pub(crate) struct Guests {
     slack: PathBuf,
     github: PathBuf,
     probe: PathBuf,
+    oidc_probe: PathBuf,
+    oidc_probe_moved: PathBuf,
+    hostile: PathBuf,
+    other_world: PathBuf,
+    bad_description: PathBuf,
 }
 
 impl Guests {
@@ -62,6 +67,32 @@ impl Guests {
     pub(crate) fn probe_path(&self) -> &Path {
         &self.probe
     }
+
+    /// The test plugin `tests/plugins/oidc-probe`, whose provider is `tests/oauth-server`.
+    pub(crate) fn oidc_probe(&self) -> Result<Vec<u8>> {
+        read(&self.oidc_probe)
+    }
+
+    /// The test plugin `tests/plugins/oidc-probe-moved`: `oidc-probe` 0.2.0 with another token
+    /// URL.
+    pub(crate) fn oidc_probe_moved(&self) -> Result<Vec<u8>> {
+        read(&self.oidc_probe_moved)
+    }
+
+    /// The test plugin `tests/plugins/hostile`: one tool per attack on the host.
+    pub(crate) fn hostile(&self) -> Result<Vec<u8>> {
+        read(&self.hostile)
+    }
+
+    /// `tests/plugins/other-world`: a valid component, a WASI command, that is no plugin.
+    pub(crate) fn other_world(&self) -> Result<Vec<u8>> {
+        read(&self.other_world)
+    }
+
+    /// The test plugin `tests/plugins/bad-description`, whose self-description is invalid.
+    pub(crate) fn bad_description(&self) -> Result<Vec<u8>> {
+        read(&self.bad_description)
+    }
 }
 
 /// Builds the guests on the first call; later calls, from any test, share the result.
@@ -88,6 +119,12 @@ fn build_all() -> Result<Guests> {
         slack: build(&examples, "slack")?,
         github: build(&examples, "github")?,
         probe: build(&root.join("tests/plugins"), "probe")?,
+        oidc_probe: build(&root.join("tests/plugins"), "oidc_probe")?,
+        oidc_probe_moved: build(&root.join("tests/plugins"), "oidc_probe_moved")?,
+        hostile: build(&root.join("tests/plugins"), "hostile")?,
+        // A binary, not a library: its file keeps the package's hyphen.
+        other_world: build(&root.join("tests/plugins"), "other-world")?,
+        bad_description: build(&root.join("tests/plugins"), "bad_description")?,
     })
 }
 

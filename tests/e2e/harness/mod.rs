@@ -1,8 +1,10 @@
 //! What the tests drive: the `keyhole` binary ([`server`]), the HTTPS upstream its plugins reach
-//! ([`upstream`]) with the OAuth providers it plays ([`providers`]), and the plugins themselves,
+//! ([`upstream`]) with the OAuth providers it plays ([`providers`]), a real OAuth authorization
+//! server and a browser that goes through its flow ([`oauth_server`]), and the plugins themselves,
 //! built from source ([`guests`]).
 
 mod guests;
+mod oauth_server;
 mod providers;
 mod server;
 mod upstream;
@@ -11,6 +13,7 @@ use anyhow::Result;
 use serde_json::json;
 
 pub(crate) use guests::{Guests, guests};
+pub(crate) use oauth_server::{OAuthServer, follow_authorization};
 pub(crate) use providers::{
     GITHUB_ACCESS_TOKEN, GITHUB_REPOSITORY, GOOGLE_ACCESS_TOKEN, GOOGLE_REFRESH_TOKEN,
     SLACK_UNKNOWN_CHANNEL, SLACK_USER_TOKEN,

@@ -8,8 +8,9 @@
 //! user anything: a client that keeps cookies and follows redirects, as [`follow_authorization`]
 //! does, goes from `/auth?...` back to its redirect URI in five hops, logged in as the request's
 //! `login_hint` (or `alice`). Besides the protocol's endpoints it serves `GET /api/me`, an API
-//! that takes its access tokens, and `GET /test/stats`, which counts requests to the token and
-//! revocation endpoints.
+//! that takes its access tokens, `GET /test/stats`, which counts requests to the token and
+//! revocation endpoints, and `POST /test/revoke-all`, which revokes every grant behind the
+//! client's back.
 
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
@@ -116,6 +117,14 @@ impl OAuthServer {
         let url = format!("{}/test/stats", self.base_url);
         let response = self.http.get(url).send().await?.error_for_status()?;
         Ok(response.json().await?)
+    }
+
+    /// Revokes every grant the user gave, with its access and refresh tokens, the way a user who
+    /// disconnects the application in the provider's own settings would: the client is not told.
+    pub(crate) async fn revoke_all(&self) -> Result<()> {
+        let url = format!("{}/test/revoke-all", self.base_url);
+        self.http.post(url).send().await?.error_for_status()?;
+        Ok(())
     }
 }
 

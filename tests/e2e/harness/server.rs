@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,6 +42,8 @@ pub(crate) struct Keyhole {
     data_dir: TempDir,
     admin_token: String,
     extra_args: Vec<String>,
+    /// The `--listen` address: port 0 unless the test chose one.
+    listen: SocketAddr,
     child: Option<Child>,
     addr: SocketAddr,
     logs: Logs,
@@ -55,11 +58,19 @@ impl Keyhole {
 
     /// Starts a server with extra `keyhole serve` flags, such as `--max-upload-bytes`.
     pub(crate) async fn start_with(extra_args: &[&str]) -> Result<Self> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), extra_args).await
+    }
+
+    /// Starts a server listening on `listen`, for a test that must tell another server the
+    /// address before this one starts (an OAuth provider its redirect URI, say). It keeps the
+    /// address across restarts.
+    pub(crate) async fn start_on(listen: SocketAddr, extra_args: &[&str]) -> Result<Self> {
         let mut keyhole = Self {
             upstream: Upstream::start().await?,
             data_dir: tempfile::tempdir()?,
             admin_token: format!("admin-{}", hex::encode(rand::random::<[u8; 16]>())),
             extra_args: extra_args.iter().map(|arg| (*arg).to_owned()).collect(),
+            listen,
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             logs: Logs::default(),
@@ -72,7 +83,7 @@ impl Keyhole {
     }
 
     /// Stops the server gracefully if it runs, then starts it again on the same data directory.
-    /// It listens on a new port afterwards.
+    /// It listens on a new port afterwards, unless it was started with [`Self::start_on`].
     pub(crate) async fn restart(&mut self) -> Result<()> {
         if self.child.is_some() {
             let status = self.stop().await?;
@@ -114,7 +125,7 @@ impl Keyhole {
         let mut command = Command::new(KEYHOLE);
         remove_keyhole_env(&mut command);
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", &self.listen.to_string(), "--data-dir"])
             .arg(self.data_dir.path())
             .args(self.egress_args())
             .args(&self.extra_args)
@@ -168,6 +179,11 @@ impl Keyhole {
     /// The base URL of the running server, like `http://127.0.0.1:4242`.
     pub(crate) fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The server's data directory.
+    pub(crate) fn data_dir(&self) -> &Path {
+        self.data_dir.path()
     }
 
     /// The admin token the server was started with.

@@ -5,7 +5,9 @@
 //! certificate. The upstream only speaks TLS, so each request it records arrived over TLS.
 //!
 //! It answers like the services the plugins call: Open-Meteo and Hacker News here, the OAuth
-//! providers of the example plugins (token endpoints and APIs) in [`super::providers`].
+//! providers of the example plugins (token endpoints and APIs) in [`super::providers`]. For the
+//! hostile plugin's attacks, [`HANG_PATH`] records the request and never answers, and
+//! [`BIG_PATH`] answers a large body.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -48,6 +50,16 @@ pub(crate) const OVERRIDDEN_HOSTS: &[&str] = &[
     "github.com",
     "api.github.com",
 ];
+
+/// A path the upstream records and then never answers, for a plugin that waits forever on I/O.
+const HANG_PATH: &str = "/hang";
+
+/// A path answered with a JSON body of about [`BIG_BYTES`], for a plugin that stops reading
+/// half-way.
+const BIG_PATH: &str = "/big";
+
+/// The size of the padding in [`BIG_PATH`]'s answer.
+const BIG_BYTES: usize = 1024 * 1024;
 
 /// A request the upstream received.
 #[derive(Debug, Clone)]
@@ -269,7 +281,12 @@ async fn answer(request: Request<Incoming>, seen: &Mutex<Seen>) -> Response<Full
     };
     let canned = providers::answer(&seen_request)
         .unwrap_or_else(|| Canned::json(200, body_for(&seen_request)));
+    let hang = seen_request.path() == HANG_PATH;
     seen.lock().unwrap().requests.push(seen_request);
+    if hang {
+        // The connection stays open, unanswered, until the client gives up or the test ends.
+        std::future::pending::<()>().await;
+    }
 
     Response::builder()
         .status(canned.status)
@@ -350,6 +367,7 @@ fn body_for(request: &SeenRequest) -> Value {
             }
         }),
         "/v0/topstories.json" => json!([8863, 121003]),
+        BIG_PATH => json!({ "padding": "x".repeat(BIG_BYTES) }),
         path if path.starts_with("/v0/item/") => {
             let id: u64 = path["/v0/item/".len()..]
                 .trim_end_matches(".json")
