@@ -99,6 +99,7 @@ pub struct Plugin {
     settings: Vec<Setting>,
     tools: Vec<ToolEntry>,
     oauth: Option<OAuth>,
+    scratch: bool,
 }
 
 impl Plugin {
@@ -121,6 +122,7 @@ impl Plugin {
             settings: Vec::new(),
             tools: Vec::new(),
             oauth: None,
+            scratch: false,
         }
     }
 
@@ -141,6 +143,14 @@ impl Plugin {
     /// through.
     pub fn oauth(mut self, oauth: OAuth) -> Self {
         self.oauth = Some(oauth);
+        self
+    }
+
+    /// Asks for scratch space: each call then finds a fresh, empty directory at `/scratch`
+    /// (use `std::fs` on it), removed when the call ends. Nothing else of the host's filesystem
+    /// is visible, and nothing written there outlives the call.
+    pub fn scratch(mut self) -> Self {
+        self.scratch = true;
         self
     }
 
@@ -196,6 +206,9 @@ impl Plugin {
             "hosts": self.hosts,
             "settings": settings,
         });
+        if self.scratch {
+            description["scratch"] = json!(true);
+        }
         if let Some(oauth) = &self.oauth {
             description["oauth"] = oauth.to_json();
         }

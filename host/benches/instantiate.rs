@@ -13,7 +13,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use keyhole::config::Config;
 use keyhole::egress::{Egress, HostPolicy};
-use keyhole::runtime::{CallContext, Runtime, RuntimeLimits};
+use keyhole::runtime::{CallContext, Runtime};
 
 fn noop_wasm() -> Vec<u8> {
     let path = std::env::var_os("KEYHOLE_BENCH_NOOP_WASM")
@@ -39,13 +39,9 @@ fn instantiate_and_call(c: &mut Criterion) {
     let _guard = tokio.enter();
 
     let config = Config::default();
-    let limits = RuntimeLimits {
-        call_timeout: config.call_timeout(),
-        max_concurrent_calls: config.max_concurrent_calls,
-        max_memory_bytes: config.max_memory_bytes,
-    };
+    let limits = config.limits();
     let egress = Arc::new(Egress::new(&config.egress).expect("the egress client builds"));
-    let runtime = Runtime::new(&limits, egress).expect("the engine starts");
+    let runtime = Runtime::new(&limits, egress, None).expect("the engine starts");
     let (loaded, _artifact) = tokio
         .block_on(runtime.load_new(noop_wasm().into()))
         .expect("the no-op plugin loads");
@@ -53,6 +49,8 @@ fn instantiate_and_call(c: &mut Criterion) {
         plugin: Arc::from(loaded.description.id.as_str()),
         policy: Arc::new(HostPolicy::default()),
         settings: Arc::default(),
+        limits: limits.defaults,
+        scratch: false,
     };
 
     let mut group = c.benchmark_group("instantiate_and_call");

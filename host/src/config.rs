@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use url::Url;
 
+use crate::limits::{CallLimits, ServerLimits};
+
 /// Everything `keyhole serve` needs to know.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -29,10 +31,15 @@ pub struct Config {
     pub call_timeout_ms: u64,
     /// Calls running at once, server-wide; the instance pool is sized for it.
     pub max_concurrent_calls: u32,
+    /// Calls of one plugin running at once, so that one busy plugin cannot take every slot;
+    /// unset, a plugin may use them all.
+    pub max_concurrent_calls_per_plugin: Option<u32>,
     /// Largest linear memory one plugin instance may grow to, in bytes.
     pub max_memory_bytes: usize,
     /// Largest tool result, in bytes of JSON.
     pub max_result_bytes: usize,
+    /// Bytes of log messages one call may write.
+    pub max_log_bytes: usize,
     /// How long an authorization link, and the flow it starts, stay valid, in seconds.
     pub oauth_flow_ttl_secs: u64,
     /// Outgoing HTTP from plugins.
@@ -54,6 +61,10 @@ pub struct EgressConfig {
     pub max_body_bytes: usize,
     /// Outgoing requests one call may make.
     pub max_requests_per_call: u32,
+    /// Hosts plugins may reach over plain http (`host` or `host:port`, `*.suffix` allowed);
+    /// every other request must be https. Meant for services inside a trusted network, which
+    /// must still be public addresses or overridden origins.
+    pub http_hosts: Vec<String>,
 }
 
 impl Default for Config {
@@ -67,8 +78,10 @@ impl Default for Config {
             max_request_bytes: 1024 * 1024,
             call_timeout_ms: 10_000,
             max_concurrent_calls: 128,
+            max_concurrent_calls_per_plugin: None,
             max_memory_bytes: 64 * 1024 * 1024,
             max_result_bytes: 1024 * 1024,
+            max_log_bytes: 64 * 1024,
             oauth_flow_ttl_secs: crate::oauth::DEFAULT_FLOW_TTL_SECS,
             egress: EgressConfig::default(),
         }
@@ -83,6 +96,7 @@ impl Default for EgressConfig {
             request_timeout_ms: 10_000,
             max_body_bytes: 10 * 1024 * 1024,
             max_requests_per_call: 64,
+            http_hosts: Vec::new(),
         }
     }
 }
@@ -103,6 +117,27 @@ impl Config {
     /// The deadline of one tool call.
     pub fn call_timeout(&self) -> Duration {
         Duration::from_millis(self.call_timeout_ms)
+    }
+
+    /// The limits of calls, before any plugin's overrides.
+    pub fn limits(&self) -> ServerLimits {
+        let per_plugin = self
+            .max_concurrent_calls_per_plugin
+            .unwrap_or(self.max_concurrent_calls)
+            .min(self.max_concurrent_calls);
+        ServerLimits {
+            defaults: CallLimits {
+                call_timeout_ms: self.call_timeout_ms,
+                max_memory_bytes: self.max_memory_bytes as u64,
+                max_result_bytes: self.max_result_bytes as u64,
+                max_log_bytes: self.max_log_bytes as u64,
+                max_concurrent_calls: per_plugin,
+                request_timeout_ms: self.egress.request_timeout_ms,
+                max_body_bytes: self.egress.max_body_bytes as u64,
+                max_requests_per_call: self.egress.max_requests_per_call,
+            },
+            max_concurrent_calls: self.max_concurrent_calls,
+        }
     }
 
     /// The URL the server is reached at: `public_url`, or else the listen address.

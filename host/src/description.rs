@@ -47,6 +47,9 @@ pub struct Description {
     /// How it gets the user's authorization, when a tool acts on the user's account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oauth: Option<OAuthSpec>,
+    /// Whether each call gets a fresh directory at `/scratch`, removed when the call ends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scratch: bool,
 }
 
 /// The OAuth 2.0 provider a plugin's tools act through, and how it departs from the RFC.

@@ -12,6 +12,7 @@
 //! - [`runtime`]: the wasmtime engine, compiling and caching components, running calls; one file
 //!   per WIT interface the host implements (`runtime/host_api.rs` for `keyhole:plugin/host`).
 //! - [`egress`]: the `wasi:http` hook and the shared HTTP client behind it.
+//! - [`limits`]: what one call may spend, server-wide and per plugin.
 //! - [`oauth`]: OAuth 2.0 for plugins: the admin's client, the user's authorization flow, tokens
 //!   sealed in the store and refreshed single-flight.
 //! - [`vault`]: encryption at rest of tokens and secrets.
@@ -27,6 +28,7 @@ pub mod client;
 pub mod config;
 pub mod description;
 pub mod egress;
+pub mod limits;
 pub mod oauth;
 pub mod registry;
 pub mod runtime;

@@ -15,7 +15,7 @@ use keyhole::config::{Config, EgressOverride};
 use keyhole::egress::Egress;
 use keyhole::oauth::OAuth;
 use keyhole::registry::Registry;
-use keyhole::runtime::{Runtime, RuntimeLimits};
+use keyhole::runtime::{Runtime, ScratchRoot};
 use keyhole::store::{SledStore, Store};
 use keyhole::vault::Vault;
 
@@ -97,23 +97,51 @@ struct ServeArgs {
     #[arg(long, env = "KEYHOLE_PUBLIC_URL")]
     public_url: Option<Url>,
     /// Send requests for an origin to another address: `https://api.example.com=https://127.0.0.1:9443`.
-    #[arg(long = "egress-override", value_name = "ORIGIN=URL")]
+    #[arg(
+        long = "egress-override",
+        value_name = "ORIGIN=URL",
+        env = "KEYHOLE_EGRESS_OVERRIDES",
+        value_delimiter = ','
+    )]
     egress_overrides: Vec<EgressOverride>,
     /// Trust an extra root certificate (PEM) for outgoing requests.
-    #[arg(long = "egress-ca", value_name = "FILE")]
+    #[arg(
+        long = "egress-ca",
+        value_name = "FILE",
+        env = "KEYHOLE_EGRESS_CA",
+        value_delimiter = ','
+    )]
     egress_ca: Vec<PathBuf>,
+    /// Let plugins reach this host over plain http (`host[:port]`, port 80 by default); the
+    /// plugin must declare it with the same port.
+    #[arg(
+        long = "egress-allow-http",
+        value_name = "HOST",
+        env = "KEYHOLE_EGRESS_ALLOW_HTTP",
+        value_delimiter = ','
+    )]
+    egress_allow_http: Vec<String>,
     /// Largest plugin upload, in bytes [default: 33554432].
-    #[arg(long)]
+    #[arg(long, env = "KEYHOLE_MAX_UPLOAD_BYTES")]
     max_upload_bytes: Option<usize>,
     /// Deadline of one tool call, in milliseconds [default: 10000].
-    #[arg(long)]
+    #[arg(long, env = "KEYHOLE_CALL_TIMEOUT_MS")]
     call_timeout_ms: Option<u64>,
     /// How long an authorization link and its flow stay valid, in seconds [default: 600].
-    #[arg(long)]
+    #[arg(long, env = "KEYHOLE_OAUTH_FLOW_TTL_SECS")]
     oauth_flow_ttl_secs: Option<u64>,
-    /// Calls running at once [default: 128].
-    #[arg(long)]
+    /// Calls running at once, server-wide [default: 128].
+    #[arg(long, env = "KEYHOLE_MAX_CONCURRENT_CALLS")]
     max_concurrent_calls: Option<u32>,
+    /// Calls of one plugin running at once [default: the server-wide cap].
+    #[arg(long, env = "KEYHOLE_MAX_CONCURRENT_CALLS_PER_PLUGIN")]
+    max_concurrent_calls_per_plugin: Option<u32>,
+    /// Largest linear memory of one plugin instance, in bytes [default: 67108864].
+    #[arg(long, env = "KEYHOLE_MAX_MEMORY_BYTES")]
+    max_memory_bytes: Option<usize>,
+    /// Largest tool result, in bytes [default: 1048576].
+    #[arg(long, env = "KEYHOLE_MAX_RESULT_BYTES")]
+    max_result_bytes: Option<usize>,
     /// Install (or update) these plugins at start.
     #[arg(long = "install", value_name = "FILE.wasm")]
     install: Vec<PathBuf>,
@@ -154,6 +182,19 @@ impl ServeArgs {
         if let Some(calls) = self.max_concurrent_calls {
             config.max_concurrent_calls = calls;
         }
+        if let Some(calls) = self.max_concurrent_calls_per_plugin {
+            config.max_concurrent_calls_per_plugin = Some(calls);
+        }
+        if let Some(bytes) = self.max_memory_bytes {
+            config.max_memory_bytes = bytes;
+        }
+        if let Some(bytes) = self.max_result_bytes {
+            config.max_result_bytes = bytes;
+        }
+        config
+            .egress
+            .http_hosts
+            .extend(self.egress_allow_http.iter().cloned());
         Ok(config)
     }
 }
@@ -404,14 +445,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let public_url = config.public_url(bound);
 
     let egress = Arc::new(Egress::new(&config.egress)?);
-    let limits = RuntimeLimits {
-        call_timeout: config.call_timeout(),
-        max_concurrent_calls: config.max_concurrent_calls,
-        max_memory_bytes: config.max_memory_bytes,
-    };
-    let runtime = Arc::new(Runtime::new(&limits, egress.clone())?);
+    let limits = config.limits();
+    let scratch = ScratchRoot::open(&data_dir, &config.data_dir)
+        .context("cannot prepare the scratch space in the data directory")?;
+    let runtime = Arc::new(Runtime::new(&limits, egress.clone(), Some(scratch))?);
     let registry = Arc::new(Registry::open(
         runtime.clone(),
+        limits,
         store.clone(),
         vault.clone(),
     )?);
@@ -431,7 +471,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         store: store.clone(),
         oauth,
         calls: Arc::new(Semaphore::new(config.max_concurrent_calls as usize)),
-        max_result_bytes: config.max_result_bytes,
         limits: BodyLimits {
             upload: config.max_upload_bytes,
             json: config.max_request_bytes,

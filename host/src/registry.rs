@@ -7,10 +7,11 @@ use std::sync::{Arc, RwLock};
 
 use jsonschema::Validator;
 use sha2::{Digest, Sha256};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Semaphore};
 
 use crate::description::{Description, OAuthSpec};
 use crate::egress::{HostPolicy, SecretSetting};
+use crate::limits::{LimitError, LimitOverrides, ServerLimits};
 use crate::runtime::{CallContext, CallState, LoadError, PluginPre, Runtime};
 use crate::store::{PluginRecord, Space, Store, StoreError};
 use crate::time::now_unix;
@@ -24,8 +25,12 @@ pub struct InstalledPlugin {
     pub pre: PluginPre<CallState>,
     /// One compiled argument schema per tool.
     pub validators: Arc<HashMap<String, Validator>>,
-    /// What each call needs: id, host policy, settings.
+    /// What each call needs: id, host policy, settings, limits.
     pub context: CallContext,
+    /// The admin's overrides of the server's limits, as set.
+    pub overrides: LimitOverrides,
+    /// One permit per call of this plugin that may run at once.
+    pub calls: Arc<Semaphore>,
     /// Secret settings, unsealed; they reach requests only through their placeholders.
     pub secrets: Arc<BTreeMap<String, Secret>>,
     /// The OAuth provider, if the plugin declares one.
@@ -80,10 +85,12 @@ impl InstalledPlugin {
             pre: self.pre.clone(),
             validators: self.validators.clone(),
             context: CallContext {
-                plugin: self.context.plugin.clone(),
-                policy: self.context.policy.clone(),
                 settings: Arc::new(settings),
+                ..self.context.clone()
             },
+            overrides: self.overrides.clone(),
+            // The same permits: calls running now keep counting against the cap.
+            calls: self.calls.clone(),
             secrets: Arc::new(secrets),
             oauth: self.oauth.clone(),
             api_hosts: self.api_hosts.clone(),
@@ -103,6 +110,9 @@ pub enum RegistryError {
     /// Settings named that the plugin does not declare.
     #[error("the plugin declares no setting named {}", .0.join(", "))]
     UnknownSettings(Vec<String>),
+    /// Limits the server cannot honour.
+    #[error(transparent)]
+    Limits(#[from] LimitError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -111,6 +121,7 @@ pub enum RegistryError {
 /// The installed plugins.
 pub struct Registry {
     runtime: Arc<Runtime>,
+    limits: ServerLimits,
     store: Arc<dyn Store>,
     vault: Arc<Vault>,
     plugins: RwLock<HashMap<String, Arc<InstalledPlugin>>>,
@@ -123,13 +134,14 @@ impl Registry {
     /// engine. A plugin that no longer loads is logged and skipped, not fatal.
     pub fn open(
         runtime: Arc<Runtime>,
+        limits: ServerLimits,
         store: Arc<dyn Store>,
         vault: Arc<Vault>,
     ) -> Result<Self, StoreError> {
         let mut plugins = HashMap::new();
         for record in store.plugins()? {
             let id = record.description.id.clone();
-            match load_installed(&runtime, store.as_ref(), &vault, record) {
+            match load_installed(&runtime, &limits, store.as_ref(), &vault, record) {
                 Ok(plugin) => {
                     plugins.insert(id, Arc::new(plugin));
                 }
@@ -140,6 +152,7 @@ impl Registry {
         }
         Ok(Self {
             runtime,
+            limits,
             store,
             vault,
             plugins: RwLock::new(plugins),
@@ -197,6 +210,7 @@ impl Registry {
         settings.retain(|name, _| plain.contains(name));
         let mut secrets = read_secrets(self.store.as_ref(), &self.vault, &id)?;
         secrets.retain(|name, _| secret.contains(name));
+        let overrides = read_overrides(self.store.as_ref(), &id)?;
 
         let store = self.store.clone();
         let stored = record.clone();
@@ -209,7 +223,12 @@ impl Registry {
         })
         .await?;
 
-        let plugin = Arc::new(assemble(record, loaded.pre, settings, secrets)?);
+        let parts = Parts {
+            settings,
+            secrets,
+            overrides,
+        };
+        let plugin = Arc::new(assemble(record, loaded.pre, parts, &self.limits)?);
         let replaced = self
             .plugins
             .write()
@@ -226,6 +245,7 @@ impl Registry {
         let existed = blocking(move || {
             let existed = store.delete_plugin(&owned)?;
             store.take(Space::Secrets, &owned)?;
+            store.take(Space::Limits, &owned)?;
             Ok(existed)
         })
         .await?;
@@ -293,6 +313,63 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Replaces the admin's overrides of a plugin's limits; calls that start afterwards run
+    /// under them. Overrides the server cannot honour are refused and change nothing.
+    pub async fn set_limits(
+        &self,
+        id: &str,
+        overrides: LimitOverrides,
+    ) -> Result<Arc<InstalledPlugin>, RegistryError> {
+        let _write = self.writes.lock().await;
+        let plugin = self
+            .get(id)
+            .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
+        let limits = self.limits.for_plugin(&overrides)?;
+
+        let store = self.store.clone();
+        let owned = id.to_owned();
+        let json = serde_json::to_vec(&overrides).expect("limit overrides serialize");
+        blocking(move || store.put(Space::Limits, &owned, &json)).await?;
+
+        let mut context = plugin.context.clone();
+        context.limits = limits;
+        let updated = Arc::new(InstalledPlugin {
+            record: plugin.record.clone(),
+            pre: plugin.pre.clone(),
+            validators: plugin.validators.clone(),
+            context,
+            overrides,
+            calls: Arc::new(Semaphore::new(limits.max_concurrent_calls as usize)),
+            secrets: plugin.secrets.clone(),
+            oauth: plugin.oauth.clone(),
+            api_hosts: plugin.api_hosts.clone(),
+        });
+        self.plugins
+            .write()
+            .expect("registry lock")
+            .insert(id.to_owned(), updated.clone());
+        Ok(updated)
+    }
+}
+
+/// A plugin's stored state besides its record and component.
+struct Parts {
+    settings: BTreeMap<String, String>,
+    secrets: BTreeMap<String, Secret>,
+    overrides: LimitOverrides,
+}
+
+fn read_overrides(store: &dyn Store, plugin: &str) -> Result<LimitOverrides, StoreError> {
+    let Some(json) = store.get(Space::Limits, plugin)? else {
+        return Ok(LimitOverrides::default());
+    };
+    serde_json::from_slice(&json).map_err(|err| StoreError::Corrupt {
+        key: format!("limits/{plugin}"),
+        reason: err.to_string(),
+    })
+}
+
 fn secrets_key(plugin: &str) -> String {
     format!("secrets\n{plugin}")
 }
@@ -340,6 +417,7 @@ async fn blocking<T: Send + 'static>(
 
 fn load_installed(
     runtime: &Runtime,
+    limits: &ServerLimits,
     store: &dyn Store,
     vault: &Vault,
     record: PluginRecord,
@@ -354,16 +432,19 @@ fn load_installed(
         tracing::info!(plugin = %id, "recompiled for this engine");
         store.put_compiled(&id, &artifact)?;
     }
-    let settings = store.settings(&id)?;
-    let secrets = read_secrets(store, vault, &id)?;
-    assemble(record, loaded.pre, settings, secrets)
+    let parts = Parts {
+        settings: store.settings(&id)?,
+        secrets: read_secrets(store, vault, &id)?,
+        overrides: read_overrides(store, &id)?,
+    };
+    assemble(record, loaded.pre, parts, limits)
 }
 
 fn assemble(
     record: PluginRecord,
     pre: PluginPre<CallState>,
-    settings: BTreeMap<String, String>,
-    secrets: BTreeMap<String, Secret>,
+    parts: Parts,
+    server: &ServerLimits,
 ) -> Result<InstalledPlugin, RegistryError> {
     let description = &record.description;
     let validators = description
@@ -379,15 +460,24 @@ fn assemble(
         .chain(&api_hosts)
         .chain(description.settings.iter().flat_map(|s| &s.hosts))
         .collect();
+    // Overrides set under a more generous server configuration give way to its defaults.
+    let limits = server.for_plugin(&parts.overrides).unwrap_or_else(|err| {
+        tracing::warn!(plugin = %description.id, error = %err, "the plugin's limits no longer fit this server; using the defaults");
+        server.defaults
+    });
     let context = CallContext {
         plugin: Arc::from(description.id.as_str()),
         policy: Arc::new(HostPolicy::new(&reachable)),
-        settings: Arc::new(settings),
+        settings: Arc::new(parts.settings),
+        limits,
+        scratch: description.scratch,
     };
     Ok(InstalledPlugin {
         api_hosts: HostPolicy::new(&api_hosts),
         oauth,
-        secrets: Arc::new(secrets),
+        secrets: Arc::new(parts.secrets),
+        overrides: parts.overrides,
+        calls: Arc::new(Semaphore::new(limits.max_concurrent_calls as usize)),
         record,
         pre,
         validators: Arc::new(validators),

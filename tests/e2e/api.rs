@@ -162,6 +162,7 @@ async fn tools_are_listed_in_openai_function_format() -> Result<()> {
             "probe__fail",
             "probe__fetch",
             "probe__log",
+            "probe__scratch",
             "probe__trap",
             "weather__current_weather"
         ]

@@ -12,6 +12,7 @@
 //! - [`egress`]: which requests leave the sandbox.
 //! - [`oauth_examples`]: the OAuth example plugins through the whole authorization flow.
 //! - [`oauth_flow`]: the OAuth flow against a real authorization server, edge cases included.
+//! - [`limits`]: per-plugin limits set by the admin, and scratch space.
 //! - [`durability`]: what survives a restart or a crash.
 //! - [`cli`]: the client commands of the binary.
 
@@ -22,5 +23,6 @@ mod cli;
 mod durability;
 mod egress;
 mod harness;
+mod limits;
 mod oauth_examples;
 mod oauth_flow;

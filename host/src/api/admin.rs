@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::extract::{Admin, ApiJson, ApiPath, Upload};
 use super::{ApiError, AppState};
 use crate::auth::AuthError;
+use crate::limits::{CallLimits, LimitOverrides};
 use crate::registry::InstalledPlugin;
 use crate::time::rfc3339;
 use crate::vault::Secret;
@@ -28,6 +29,7 @@ pub(super) struct PluginView {
     settings: Vec<SettingView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     oauth: Option<OAuthView>,
+    limits: LimitsView,
     installed_at: String,
     sha256: String,
 }
@@ -44,6 +46,14 @@ struct SettingView {
     /// Whether a secret is set.
     #[serde(skip_serializing_if = "Option::is_none")]
     set: Option<bool>,
+}
+
+/// The limits a call of the plugin runs under, and which of them the admin overrode.
+#[derive(Serialize)]
+struct LimitsView {
+    #[serde(flatten)]
+    effective: CallLimits,
+    overridden: LimitOverrides,
 }
 
 /// What the admin approves by setting the OAuth client, and what to register with the provider.
@@ -112,6 +122,10 @@ impl PluginView {
             hosts: description.hosts.clone(),
             settings,
             oauth,
+            limits: LimitsView {
+                effective: plugin.context.limits,
+                overridden: plugin.overrides.clone(),
+            },
             installed_at: rfc3339(plugin.record.installed_at),
             sha256: plugin.record.sha256.clone(),
         }
@@ -190,6 +204,19 @@ pub(super) async fn put_settings(
     let names: Vec<String> = changes.keys().cloned().collect();
     let plugin = state.registry.update_settings(&id, changes).await?;
     tracing::info!(plugin = %id, settings = ?names, "settings changed");
+    Ok(Json(PluginView::of(&plugin, &state)))
+}
+
+/// Replaces the admin's overrides of the plugin's limits; an empty object restores the
+/// server's defaults.
+pub(super) async fn put_limits(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(overrides): ApiJson<LimitOverrides>,
+) -> Result<Json<PluginView>, ApiError> {
+    let plugin = state.registry.set_limits(&id, overrides).await?;
+    tracing::info!(plugin = %id, limits = ?plugin.context.limits, "limits changed");
     Ok(Json(PluginView::of(&plugin, &state)))
 }
 

@@ -100,6 +100,9 @@ impl From<RegistryError> for ApiError {
                 Self::new(StatusCode::BAD_REQUEST, "unknown_setting", err.to_string())
                     .with("names", names)
             }
+            RegistryError::Limits(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_limits", err.to_string())
+            }
             RegistryError::Store(err) => Self::from(err),
         }
     }

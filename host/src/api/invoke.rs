@@ -81,13 +81,22 @@ impl AppState {
             .with("missing", missing));
         }
 
-        let _permit = self.calls.clone().try_acquire_owned().map_err(|_| {
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "busy",
-                "too many tool calls are running; retry shortly",
-            )
-        })?;
+        // Both caps answer at once rather than queue: a chat backend can retry or tell the user,
+        // and a flood never piles up waiting calls in the server.
+        let busy = |message: &str| {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", message)
+                .with("retry_after_ms", 1000)
+        };
+        let _permit = self
+            .calls
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| busy("too many tool calls are running; retry shortly"))?;
+        let _plugin_permit = plugin
+            .calls
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| busy("too many calls of this plugin are running; retry shortly"))?;
 
         let requires_authorization = plugin
             .description()
@@ -112,7 +121,7 @@ impl AppState {
             return Err(self.authorization_required(&who(call))?);
         }
         let output = result.map_err(|err| call_error(call, err))?;
-        if output.len() > self.max_result_bytes {
+        if output.len() as u64 > plugin.context.limits.max_result_bytes {
             tracing::warn!(
                 plugin = call.plugin,
                 tool = call.tool,

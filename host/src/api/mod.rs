@@ -41,8 +41,6 @@ pub struct AppState {
     pub calls: Arc<Semaphore>,
     /// Size limits of request bodies.
     pub limits: BodyLimits,
-    /// Largest tool result, in bytes of JSON.
-    pub max_result_bytes: usize,
 }
 
 /// Size limits of request bodies.
@@ -67,6 +65,7 @@ pub fn router(state: AppState) -> Router {
             get(admin::get_plugin).delete(admin::delete_plugin),
         )
         .route("/admin/plugins/{id}/settings", put(admin::put_settings))
+        .route("/admin/plugins/{id}/limits", put(admin::put_limits))
         .route(
             "/admin/plugins/{id}/oauth-client",
             put(admin::put_oauth_client).delete(admin::delete_oauth_client),

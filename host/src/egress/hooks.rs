@@ -16,6 +16,7 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 use super::address::ProhibitedAddress;
 use super::credentials::{Credentials, Prepared};
 use super::{Egress, HostPolicy, is_public};
+use crate::limits::{CallLimits, bytes};
 
 type Pending = Box<dyn Future<Output = Result<(), Error>> + Send>;
 type Sent = Box<dyn Future<Output = Result<(http::Response<WasiBody>, Pending), Error>> + Send>;
@@ -27,8 +28,16 @@ pub struct EgressHooks {
     credentials: Arc<Credentials>,
     plugin: Arc<str>,
     call: u64,
+    limits: CallLimits,
     /// Requests made so far in this call.
     requests: u32,
+}
+
+/// A request that passed the checks.
+struct Checked {
+    url: Url,
+    /// Sent over plain http to a host the admin allows so: it carries no credentials.
+    plain_http: bool,
 }
 
 impl EgressHooks {
@@ -39,6 +48,7 @@ impl EgressHooks {
         credentials: Arc<Credentials>,
         plugin: Arc<str>,
         call: u64,
+        limits: CallLimits,
     ) -> Self {
         Self {
             egress,
@@ -46,6 +56,7 @@ impl EgressHooks {
             credentials,
             plugin,
             call,
+            limits,
             requests: 0,
         }
     }
@@ -55,7 +66,7 @@ impl EgressHooks {
     /// Every decision is made on the URL as the client will use it (WHATWG-parsed), not on the
     /// guest's raw authority: `127.1`, `0x7f000001` or `127.0.0.1.` are all 127.0.0.1 to the
     /// client, and must be to the checks.
-    fn check(&mut self, uri: &http::Uri, headers: &http::HeaderMap) -> Result<Url, Error> {
+    fn check(&mut self, uri: &http::Uri, headers: &http::HeaderMap) -> Result<Checked, Error> {
         self.requests = self.requests.saturating_add(1);
         let raw_host = uri.host().unwrap_or_default();
         let refuse = |reason: &str| {
@@ -69,10 +80,11 @@ impl EgressHooks {
             Err(Error::HttpRequestDenied)
         };
 
-        if self.requests > self.egress.max_requests_per_call() {
+        if self.requests > self.limits.max_requests_per_call {
             return refuse("too many requests in one call");
         }
-        if uri.scheme() != Some(&Scheme::HTTPS) {
+        let plain_http = uri.scheme() == Some(&Scheme::HTTP);
+        if !plain_http && uri.scheme() != Some(&Scheme::HTTPS) {
             return refuse("not https");
         }
         let Ok(mut url) = Url::parse(&uri.to_string()) else {
@@ -107,13 +119,23 @@ impl EgressHooks {
             None => return refuse("no host"),
         };
 
+        if plain_http && !self.egress.allows_http(&host, port) {
+            return refuse("not https");
+        }
         if !self.policy.allows(&host, port) {
             return refuse("host not declared by the plugin");
         }
-        if let Err(reason) = self.credentials.check(url.as_str(), headers, &host, port) {
+        // Nothing secret travels in clear: over plain http every placeholder is refused, as
+        // for a host the credentials are not meant for.
+        let credentials = if plain_http {
+            &Credentials::default()
+        } else {
+            self.credentials.as_ref()
+        };
+        if let Err(reason) = credentials.check(url.as_str(), headers, &host, port) {
             return refuse(reason);
         }
-        Ok(url)
+        Ok(Checked { url, plain_http })
     }
 }
 
@@ -128,11 +150,16 @@ impl WasiHttpHooks for EgressHooks {
         let egress = self.egress.clone();
         let credentials = self.credentials.clone();
         let plugin = self.plugin.clone();
-        let call = self.call;
+        let (call, limits) = (self.call, self.limits);
 
         Box::new(async move {
-            let url = checked?;
-            let response = forward(&egress, &credentials, request, url)
+            let Checked { url, plain_http } = checked?;
+            let credentials = if plain_http {
+                Arc::default()
+            } else {
+                credentials
+            };
+            let response = forward(&egress, &credentials, &limits, request, url)
                 .await
                 .inspect_err(|err| {
                     tracing::info!(plugin = %plugin, call, error = %err, "outgoing request failed")
@@ -148,11 +175,12 @@ impl WasiHttpHooks for EgressHooks {
 async fn forward(
     egress: &Egress,
     credentials: &Credentials,
+    limits: &CallLimits,
     request: http::Request<WasiBody>,
     url: Url,
 ) -> Result<http::Response<WasiBody>, Error> {
     let (parts, body) = request.into_parts();
-    let limit = egress.max_body_bytes();
+    let limit = bytes(limits.max_body_bytes);
     let body = Limited::new(body, limit)
         .collect()
         .await
@@ -166,7 +194,7 @@ async fn forward(
         let prepared = credentials
             .prepare(url.as_str(), &parts.headers, &host, port)
             .map_err(|reason| Error::InternalError(Some(reason.to_owned())))?;
-        let response = send(egress, &parts.method, &prepared, body.clone()).await?;
+        let response = send(egress, limits, &parts.method, &prepared, body.clone()).await?;
 
         if response.status() == reqwest::StatusCode::UNAUTHORIZED
             && !retried
@@ -182,6 +210,7 @@ async fn forward(
 
 async fn send(
     egress: &Egress,
+    limits: &CallLimits,
     method: &http::Method,
     prepared: &Prepared,
     body: Bytes,
@@ -197,7 +226,7 @@ async fn send(
         .request(method.clone(), target)
         .headers(headers)
         .body(body)
-        .timeout(egress.request_timeout())
+        .timeout(limits.request_timeout())
         .send()
         .await
         .map_err(error_code)
@@ -252,7 +281,7 @@ fn error_code(err: reqwest::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::EgressConfig;
+    use crate::config::{Config, EgressConfig};
 
     fn hooks(hosts: &[&str]) -> EgressHooks {
         let config = EgressConfig {
@@ -261,6 +290,7 @@ mod tests {
                     .parse()
                     .unwrap(),
             ],
+            http_hosts: vec!["plain.test:80".to_owned(), "plain.test:8080".to_owned()],
             ..EgressConfig::default()
         };
         EgressHooks::new(
@@ -269,11 +299,14 @@ mod tests {
             Arc::default(),
             Arc::from("test"),
             1,
+            Config::default().limits().defaults,
         )
     }
 
     fn check(hooks: &mut EgressHooks, uri: &str) -> Result<Url, Error> {
-        hooks.check(&uri.parse().unwrap(), &http::HeaderMap::new())
+        hooks
+            .check(&uri.parse().unwrap(), &http::HeaderMap::new())
+            .map(|checked| checked.url)
     }
 
     #[test]
@@ -314,6 +347,23 @@ mod tests {
         assert!(check(&mut hooks, "http://allowed.test/").is_err());
         assert!(check(&mut hooks, "https://allowed.test:8443/").is_err());
         assert!(check(&mut hooks, "https://allowed.test/x").is_ok());
+    }
+
+    #[test]
+    fn plain_http_goes_only_to_hosts_the_admin_allows_and_carries_no_secret() {
+        let mut hooks = hooks(&["plain.test:80", "allowed.test:80"]);
+        assert!(check(&mut hooks, "http://plain.test/x").is_ok());
+        assert!(check(&mut hooks, "http://allowed.test/x").is_err());
+        // Allowed by the admin on 8080, but the plugin declared only port 80.
+        assert!(check(&mut hooks, "http://plain.test:8080/x").is_err());
+        assert!(
+            check(
+                &mut hooks,
+                "http://plain.test/?t={OAUTH_PLUGIN_ACCESS_TOKEN}"
+            )
+            .is_err()
+        );
+        assert!(check(&mut hooks, "ftp://plain.test/x").is_err());
     }
 
     #[test]

@@ -35,9 +35,9 @@ pub struct Egress {
     /// Used only for origins the admin overrode, whose targets may be on loopback.
     overridden: reqwest::Client,
     overrides: Vec<EgressOverride>,
+    /// Hosts the admin allows over plain http, port 80 unless given.
+    http_hosts: HostPolicy,
     request_timeout: Duration,
-    max_body_bytes: usize,
-    max_requests_per_call: u32,
 }
 
 /// The egress could not be set up.
@@ -95,9 +95,8 @@ impl Egress {
             public: build(Some(Arc::new(PublicOnlyResolver)))?,
             overridden: build(None)?,
             overrides: config.overrides.clone(),
+            http_hosts: HostPolicy::with_default_port(&config.http_hosts, 80),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
-            max_body_bytes: config.max_body_bytes,
-            max_requests_per_call: config.max_requests_per_call,
         })
     }
 
@@ -146,23 +145,13 @@ impl Egress {
         Ok(client.request(method, target).timeout(self.request_timeout))
     }
 
+    /// Whether the admin lets plugins reach `host` on `port` over plain http.
+    pub fn allows_http(&self, host: &str, port: u16) -> bool {
+        self.http_hosts.allows(host, port)
+    }
+
     /// Whether the admin overrode the origin of `url`.
     pub fn is_overridden(&self, url: &Url) -> bool {
         self.overrides.iter().any(|rule| rule.matches(url))
-    }
-
-    /// Deadline of one outgoing request.
-    pub fn request_timeout(&self) -> Duration {
-        self.request_timeout
-    }
-
-    /// Outgoing requests one call may make.
-    pub fn max_requests_per_call(&self) -> u32 {
-        self.max_requests_per_call
-    }
-
-    /// Largest request or response body.
-    pub fn max_body_bytes(&self) -> usize {
-        self.max_body_bytes
     }
 }

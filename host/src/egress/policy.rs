@@ -18,13 +18,18 @@ pub struct HostPolicy {
 impl HostPolicy {
     /// Builds the policy from the description's `hosts`, already validated by its schema.
     pub fn new<S: AsRef<str>>(hosts: &[S]) -> Self {
+        Self::with_default_port(hosts, 443)
+    }
+
+    /// Builds a policy whose hosts without a port match `default_port`.
+    pub fn with_default_port<S: AsRef<str>>(hosts: &[S], default_port: u16) -> Self {
         let patterns = hosts
             .iter()
             .map(|host| {
                 let host = host.as_ref().to_ascii_lowercase();
                 let (name, port) = match host.rsplit_once(':') {
                     Some((name, port)) => (name.to_owned(), port.parse().unwrap_or(0)),
-                    None => (host, 443),
+                    None => (host, default_port),
                 };
                 match name.strip_prefix("*.") {
                     Some(suffix) => Pattern::Subdomains {

@@ -9,14 +9,13 @@ use super::bindings::keyhole::plugin::host::{Host, LogLevel};
 /// Longest single log message; longer ones are cut.
 const MAX_MESSAGE_BYTES: usize = 4 * 1024;
 
-/// Total log output of one call; messages past it are dropped, with one notice.
-const MAX_CALL_LOG_BYTES: usize = 64 * 1024;
-
 /// The host API's per-call state.
 pub(crate) struct HostApi {
     plugin: Arc<str>,
     call: u64,
     settings: Arc<BTreeMap<String, String>>,
+    /// Total log output of the call; messages past it are dropped, with one notice.
+    max_log_bytes: usize,
     logged: usize,
 }
 
@@ -25,22 +24,24 @@ impl HostApi {
         plugin: Arc<str>,
         call: u64,
         settings: Arc<BTreeMap<String, String>>,
+        max_log_bytes: usize,
     ) -> Self {
         Self {
             plugin,
             call,
             settings,
+            max_log_bytes,
             logged: 0,
         }
     }
 
     fn log(&mut self, level: LogLevel, message: &str) {
-        if self.logged >= MAX_CALL_LOG_BYTES {
+        if self.logged >= self.max_log_bytes {
             return;
         }
         let message = truncate(
             message,
-            MAX_MESSAGE_BYTES.min(MAX_CALL_LOG_BYTES - self.logged),
+            MAX_MESSAGE_BYTES.min(self.max_log_bytes - self.logged),
         );
         self.logged += message.len();
         // A plugin must not forge log lines or colour the operator's terminal.
@@ -54,7 +55,7 @@ impl HostApi {
             LogLevel::Warn => tracing::warn!(target: "plugin", plugin, call, "{message}"),
             LogLevel::Error => tracing::error!(target: "plugin", plugin, call, "{message}"),
         }
-        if self.logged >= MAX_CALL_LOG_BYTES {
+        if self.logged >= self.max_log_bytes {
             tracing::warn!(
                 plugin,
                 call,

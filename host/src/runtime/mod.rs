@@ -7,6 +7,7 @@
 //! so nothing of one call is visible to the next.
 
 mod host_api;
+mod scratch;
 mod state;
 
 use std::collections::BTreeMap;
@@ -23,8 +24,10 @@ use wasmtime::{
 
 use crate::description::{Description, DescriptionError};
 use crate::egress::{Credentials, Egress, HostPolicy};
+use crate::limits::{CallLimits, ServerLimits, bytes};
 use crate::store::CompiledArtifact;
 
+pub use scratch::ScratchRoot;
 pub use state::CallState;
 
 /// Bindings generated from `wit/plugin.wit`.
@@ -59,20 +62,11 @@ pub struct Runtime {
     linker: Linker<CallState>,
     engine_key: String,
     egress: Arc<Egress>,
-    call_timeout: Duration,
-    max_memory_bytes: usize,
+    /// What an upload's `describe` runs under: the server's defaults.
+    describe_limits: CallLimits,
+    /// Where calls of plugins that declare scratch space get their directory.
+    scratch: Option<ScratchRoot>,
     next_call: AtomicU64,
-}
-
-/// Limits the runtime is built with.
-#[derive(Debug, Clone)]
-pub struct RuntimeLimits {
-    /// Deadline of one call.
-    pub call_timeout: Duration,
-    /// Calls at once; sizes the instance pool.
-    pub max_concurrent_calls: u32,
-    /// Largest linear memory of an instance.
-    pub max_memory_bytes: usize,
 }
 
 /// Why a component was refused at upload.
@@ -125,6 +119,7 @@ pub struct Loaded {
 }
 
 /// What a call needs to know about its plugin besides the component.
+#[derive(Clone)]
 pub struct CallContext {
     /// Plugin id, for logs.
     pub plugin: Arc<str>,
@@ -132,11 +127,21 @@ pub struct CallContext {
     pub policy: Arc<HostPolicy>,
     /// Its settings.
     pub settings: Arc<BTreeMap<String, String>>,
+    /// What one call may spend.
+    pub limits: CallLimits,
+    /// Whether the call gets a scratch directory.
+    pub scratch: bool,
 }
 
 impl Runtime {
-    /// Builds the engine and the linker, and starts the epoch ticker.
-    pub fn new(limits: &RuntimeLimits, egress: Arc<Egress>) -> anyhow::Result<Self> {
+    /// Builds the engine, with an instance pool sized for the server's limits, and the linker,
+    /// and starts the epoch ticker. Without a `scratch` root, plugins that ask for scratch
+    /// space fail their calls.
+    pub fn new(
+        limits: &ServerLimits,
+        egress: Arc<Egress>,
+        scratch: Option<ScratchRoot>,
+    ) -> anyhow::Result<Self> {
         let engine = Engine::new(&engine_config(limits))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -151,8 +156,8 @@ impl Runtime {
             linker,
             engine_key,
             egress,
-            call_timeout: limits.call_timeout,
-            max_memory_bytes: limits.max_memory_bytes,
+            describe_limits: limits.defaults,
+            scratch,
             next_call: AtomicU64::new(1),
         })
     }
@@ -227,6 +232,7 @@ impl Runtime {
     }
 
     fn link(&self, component: &Component) -> Result<PluginPre<CallState>, LoadError> {
+        check_imports(component, &self.engine)?;
         let instance_pre = self
             .linker
             .instantiate_pre(component)
@@ -239,6 +245,8 @@ impl Runtime {
             plugin: Arc::from("(uploading)"),
             policy: Arc::new(HostPolicy::default()),
             settings: Arc::default(),
+            limits: self.describe_limits,
+            scratch: false,
         };
         let json = self
             .run(pre, &context, Arc::default(), |plugin, store| {
@@ -287,14 +295,28 @@ impl Runtime {
         >,
     ) -> Result<R, CallError> {
         let call = self.next_call.fetch_add(1, Ordering::Relaxed);
-        let deadline = Instant::now() + self.call_timeout;
+        let deadline = Instant::now() + context.limits.call_timeout();
+        // Declared before the store, so that it is removed after the instance is gone.
+        let scratch = match (context.scratch, &self.scratch) {
+            (false, _) => None,
+            (true, Some(root)) => Some(root.for_call(call).map_err(|err| {
+                CallError::Failed(format!("cannot make the scratch directory: {err}"))
+            })?),
+            (true, None) => {
+                return Err(CallError::Failed(
+                    "the server has no scratch space configured".to_owned(),
+                ));
+            }
+        };
         let state = CallState::new(
             self.egress.clone(),
             context,
             credentials,
             call,
-            self.limits(),
-        );
+            store_limits(&context.limits),
+            scratch.as_ref().map(|s| s.host_path()).as_deref(),
+        )
+        .map_err(|err| CallError::Failed(format!("cannot set up the call: {err:#}")))?;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state.limits());
         store.set_epoch_deadline(1);
@@ -317,18 +339,58 @@ impl Runtime {
             Ok(Err(err)) => Err(CallError::Failed(format!("{err:#}"))),
         }
     }
+}
 
-    fn limits(&self) -> wasmtime::StoreLimits {
-        StoreLimitsBuilder::new()
-            .memory_size(self.max_memory_bytes)
-            .table_elements(1_000_000)
-            .instances(64)
-            .build()
-    }
+/// What an instance may allocate: memories up to the call's limit, tables in proportion (a
+/// table element takes a pointer's room), and no more instances than the pool's share.
+fn store_limits(limits: &CallLimits) -> wasmtime::StoreLimits {
+    let memory = bytes(limits.max_memory_bytes);
+    StoreLimitsBuilder::new()
+        .memory_size(memory)
+        .table_elements(memory / std::mem::size_of::<usize>())
+        .instances(CORE_INSTANCES_PER_COMPONENT as usize)
+        .build()
 }
 
 fn is_interrupt(err: &wasmtime::Error) -> bool {
     matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt))
+}
+
+/// Interfaces a plugin may import: the host API, outgoing HTTP, and what WASI 0.2 language
+/// runtimes import to start at all. The host grants nothing through the last group beyond
+/// clocks and randomness: no preopened directory, no environment, every socket address denied.
+const IMPORTABLE: &[&str] = &[
+    "keyhole:plugin/host@",
+    "wasi:http/outgoing-handler@",
+    "wasi:http/types@",
+    "wasi:io/",
+    "wasi:clocks/",
+    "wasi:random/",
+    "wasi:cli/",
+    "wasi:filesystem/",
+    "wasi:sockets/",
+];
+
+/// Refuses a component that imports an interface outside the plugin world, naming the first
+/// such import, before the linker says less clearly that it cannot satisfy it.
+fn check_imports(component: &Component, engine: &Engine) -> Result<(), LoadError> {
+    let component_type = component.component_type();
+    let foreign: Vec<&str> = component_type
+        .imports(engine)
+        .map(|(name, _)| name)
+        .filter(|name| !IMPORTABLE.iter().any(|prefix| name.starts_with(prefix)))
+        .collect();
+    match foreign.as_slice() {
+        [] => Ok(()),
+        names => Err(LoadError::WrongWorld(format!(
+            "it imports {}, which Keyhole does not provide; a plugin may import              `keyhole:plugin/host`, `wasi:http/outgoing-handler` and the WASI 0.2 interfaces a              language runtime needs",
+            names
+                .iter()
+                .map(|name| format!("`{name}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
 /// Recognises what is not a component before wasmtime does, for a clearer message.
@@ -343,7 +405,7 @@ fn sniff(wasm: &[u8]) -> Result<(), LoadError> {
     Ok(())
 }
 
-fn engine_config(limits: &RuntimeLimits) -> Config {
+fn engine_config(limits: &ServerLimits) -> Config {
     let slots = limits.max_concurrent_calls + SPARE_SLOTS;
 
     // A Rust wasm32-wasip2 component holds three core instances (the program, the WASI adapter
@@ -359,7 +421,7 @@ fn engine_config(limits: &RuntimeLimits) -> Config {
         .total_memories(slots * MEMORIES_PER_COMPONENT)
         .total_tables(slots * TABLES_PER_COMPONENT)
         .total_stacks(slots)
-        .max_memory_size(limits.max_memory_bytes)
+        .max_memory_size(bytes(limits.defaults.max_memory_bytes))
         .max_unused_warm_slots(slots.min(64));
 
     let mut config = Config::new();

@@ -1,10 +1,11 @@
 //! What a call's [`wasmtime::Store`] holds.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::CallContext;
@@ -28,10 +29,19 @@ impl CallState {
         credentials: Arc<Credentials>,
         call: u64,
         limits: StoreLimits,
-    ) -> Self {
-        // No preopened directories, environment, arguments or sockets; stdio goes nowhere.
-        let wasi = WasiCtx::builder().build();
-        Self {
+        scratch: Option<&Path>,
+    ) -> wasmtime::Result<Self> {
+        // No environment, arguments or sockets, and stdio goes nowhere. The only directory is
+        // the call's own scratch space, for a plugin that declared it.
+        let mut wasi = WasiCtx::builder();
+        wasi.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        if let Some(path) = scratch {
+            wasi.preopened_dir(path, "/scratch", FsPerms::ReadWrite)?;
+        }
+        let wasi = wasi.build();
+        Ok(Self {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
@@ -41,10 +51,16 @@ impl CallState {
                 credentials,
                 context.plugin.clone(),
                 call,
+                context.limits,
             ),
-            host: HostApi::new(context.plugin.clone(), call, context.settings.clone()),
+            host: HostApi::new(
+                context.plugin.clone(),
+                call,
+                context.settings.clone(),
+                crate::limits::bytes(context.limits.max_log_bytes),
+            ),
             limits,
-        }
+        })
     }
 
     pub(super) fn limits(&mut self) -> &mut StoreLimits {

@@ -62,7 +62,7 @@ pub enum StoreError {
     },
 }
 
-/// Kinds of small records the OAuth side keeps by key. Secret ones are sealed by the
+/// Kinds of small records kept by key, besides plugins and API keys. Secret ones are sealed by the
 /// [`crate::vault::Vault`] before they reach the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Space {
@@ -76,6 +76,8 @@ pub enum Space {
     Flows,
     /// A plugin's sealed secret settings, by plugin id.
     Secrets,
+    /// The admin's overrides of a plugin's call limits, by plugin id.
+    Limits,
 }
 
 /// Durable state of the server.

@@ -28,6 +28,7 @@ pub struct SledStore {
     links: Tree,
     flows: Tree,
     secrets: Tree,
+    limits: Tree,
 }
 
 impl SledStore {
@@ -47,6 +48,7 @@ impl SledStore {
             links: tree("links")?,
             flows: tree("flows")?,
             secrets: tree("secrets")?,
+            limits: tree("limits")?,
             db,
         })
     }
@@ -58,6 +60,7 @@ impl SledStore {
             Space::Links => &self.links,
             Space::Flows => &self.flows,
             Space::Secrets => &self.secrets,
+            Space::Limits => &self.limits,
         }
     }
 

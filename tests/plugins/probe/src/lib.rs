@@ -115,6 +115,34 @@ impl Tool for Log {
     }
 }
 
+/// The arguments of `scratch`: none.
+#[derive(Deserialize, JsonSchema)]
+struct Scratch {}
+
+impl Tool for Scratch {
+    const NAME: &'static str = "scratch";
+    const DESCRIPTION: &'static str = "Lists, writes and reads back its scratch directory, and tries to leave it.";
+    type Output = Value;
+
+    fn run(self) -> Result<Value, ToolError> {
+        let found: Vec<String> = match std::fs::read_dir("/scratch") {
+            Ok(entries) => entries
+                .filter_map(|entry| entry.ok())
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(err) => return Err(ToolError::other(format!("no scratch: {err}"))),
+        };
+        let written = std::fs::write("/scratch/note.txt", b"from this call")
+            .and_then(|()| std::fs::read_to_string("/scratch/note.txt"))
+            .map_err(|err| ToolError::other(format!("cannot use scratch: {err}")))?;
+        let escapes = ["/scratch/../etc/passwd", "/etc/passwd", "../../store/db"]
+            .iter()
+            .filter(|path| std::fs::read(path).is_ok())
+            .collect::<Vec<_>>();
+        Ok(json!({ "found": found, "read_back": written, "escaped_to": escapes }))
+    }
+}
+
 fn plugin() -> Plugin {
     let version = env!("CARGO_PKG_VERSION");
     Plugin::new(
@@ -135,6 +163,8 @@ fn plugin() -> Plugin {
     .tool::<Fail>()
     .tool::<Trap>()
     .tool::<Log>()
+    .tool::<Scratch>()
+    .scratch()
 }
 
 keyhole_sdk::export_plugin!(plugin);
