@@ -104,14 +104,37 @@ impl Keyhole {
 
     /// Asks the server to stop with SIGTERM and waits for it to exit.
     pub(crate) async fn stop(&mut self) -> Result<ExitStatus> {
-        let mut child = self.child.take().context("keyhole is not running")?;
-        let pid = child.id().context("keyhole has already exited")?;
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await?;
-        ensure!(sent.success(), "could not send SIGTERM to keyhole ({pid})");
+        self.signal("TERM")?;
+        self.wait_exit().await
+    }
 
+    /// Sends SIGKILL without waiting, so that a test can crash the server while it drives
+    /// requests through `&self`; [`Self::wait_exit`] collects the process afterwards.
+    pub(crate) fn kill_by_pid(&self) -> Result<()> {
+        self.signal("KILL")
+    }
+
+    /// Sends SIGTERM without waiting; see [`Self::kill_by_pid`].
+    pub(crate) fn signal_term(&self) -> Result<()> {
+        self.signal("TERM")
+    }
+
+    fn signal(&self, signal: &str) -> Result<()> {
+        let child = self.child.as_ref().context("keyhole is not running")?;
+        let pid = child.id().context("keyhole has already exited")?;
+        let sent = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()?;
+        ensure!(
+            sent.success(),
+            "could not send SIG{signal} to keyhole ({pid})"
+        );
+        Ok(())
+    }
+
+    /// Waits for the signalled server to exit.
+    pub(crate) async fn wait_exit(&mut self) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("keyhole is not running")?;
         // On timeout the child is dropped here, which kills it.
         let status = timeout(STOP_TIMEOUT, child.wait())
             .await
