@@ -446,7 +446,26 @@ async fn a_token_is_refreshed_once_it_is_due_and_not_before() -> Result<()> {
 }
 
 #[tokio::test]
-async fn an_access_token_expired_at_the_provider_is_refreshed_transparently() -> Result<()> {
+async fn an_api_answering_401_gets_the_request_again_with_a_refreshed_token() -> Result<()> {
+    let flow = Flow::start(LONG_TTL).await?;
+    flow.connect("alice").await?;
+    api_answer(&flow.invoke("alice", "me").await?)?;
+
+    // The token is far from due, so only the API's 401 can make Keyhole refresh it.
+    flow.provider.revoke_access_tokens().await?;
+    let answer = api_answer(&flow.invoke("alice", "me").await?)?;
+
+    assert_eq!(answer["sub"], "alice", "{answer}");
+    let stats = flow.stats().await?;
+    assert_eq!(stats["api_unauthorized"], 1, "{stats}");
+    assert_eq!(stats["token_requests"]["refresh_token"], 1, "{stats}");
+    flow.ensure_right_client_auth().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn tokens_expired_before_each_call_are_refreshed_with_the_rotated_refresh_token() -> Result<()>
+{
     let flow = Flow::start(2).await?;
     flow.connect("alice").await?;
 

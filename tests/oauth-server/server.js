@@ -37,10 +37,15 @@ const stats = {
   revocations: 0,
   // Requests to either endpoint refused for using the other client authentication method.
   wrong_client_auth: 0,
+  // Requests to the API refused for want of a valid access token.
+  api_unauthorized: 0,
 };
 
 // Every grant the played user consented to, for POST /test/revoke-all.
 const grantIds = new Set();
+
+// Every access token the API accepted, for POST /test/revoke-access.
+const acceptedTokens = new Set();
 
 // The issuer must carry the real port, so listen first and build the provider afterwards.
 const server = createServer();
@@ -151,7 +156,9 @@ function autoInteraction(provider) {
 
 // GET /api/me stands in for the provider's API; GET /test/stats exposes the counters;
 // POST /test/revoke-all revokes every grant with its tokens, as a user who disconnects the app in
-// the provider's settings would, without the client knowing.
+// the provider's settings would, without the client knowing; POST /test/revoke-access revokes
+// only the access tokens the API has accepted, as a provider that cuts tokens short does: the
+// refresh tokens stay good.
 function testApi(provider) {
   return async (ctx, next) => {
     if (ctx.method === 'GET' && ctx.path === '/test/stats') {
@@ -168,17 +175,32 @@ function testApi(provider) {
       grantIds.clear();
       return;
     }
+    if (ctx.method === 'POST' && ctx.path === '/test/revoke-access') {
+      let revoked = 0;
+      for (const value of acceptedTokens) {
+        const token = await provider.AccessToken.find(value);
+        if (token) {
+          await token.destroy();
+          revoked += 1;
+        }
+      }
+      acceptedTokens.clear();
+      ctx.body = { revoked_access_tokens: revoked };
+      return;
+    }
     if (ctx.method !== 'GET' || ctx.path !== '/api/me') return next();
 
     const [, value] = ctx.get('authorization').match(/^bearer (\S+)$/i) ?? [];
     // find() gives nothing for unknown, expired or revoked tokens.
     const token = value ? await provider.AccessToken.find(value) : undefined;
     if (!token) {
+      stats.api_unauthorized += 1;
       ctx.status = 401;
       ctx.set('WWW-Authenticate', 'Bearer error="invalid_token"');
       ctx.body = { error: 'invalid_token' };
       return;
     }
+    acceptedTokens.add(value);
     ctx.body = { sub: token.accountId, scope: token.scope };
   };
 }

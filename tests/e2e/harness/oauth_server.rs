@@ -31,7 +31,7 @@ use url::{Position, Url};
 const READY_LINE: &str = "oauth-server listening on http://127.0.0.1:";
 
 /// How long Node may take to load the provider and listen.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+const START_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// How long `npm ci` may take, downloads included.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -117,6 +117,14 @@ impl OAuthServer {
         let url = format!("{}/test/stats", self.base_url);
         let response = self.http.get(url).send().await?.error_for_status()?;
         Ok(response.json().await?)
+    }
+
+    /// Revokes the access tokens the API has accepted, and only them: the refresh tokens stay
+    /// good, as with a provider that cuts access tokens short.
+    pub(crate) async fn revoke_access_tokens(&self) -> Result<()> {
+        let url = format!("{}/test/revoke-access", self.base_url);
+        self.http.post(url).send().await?.error_for_status()?;
+        Ok(())
     }
 
     /// Revokes every grant the user gave, with its access and refresh tokens, the way a user who
