@@ -256,3 +256,50 @@ impl OAuth {
             .remove_prefix(Space::Connections, &format!("{plugin}\n"))?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(access: &str, refresh: Option<&str>, scope: Option<&str>) -> TokenSet {
+        TokenSet {
+            access_token: access.to_owned(),
+            refresh_token: refresh.map(str::to_owned),
+            expires_in: Some(3600),
+            scope: scope.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_refresh_answer_without_a_refresh_token_keeps_the_old_one() {
+        let first = Connection::from_tokens(tokens("a1", Some("r1"), Some("read")), None);
+
+        let refreshed = Connection::from_tokens(tokens("a2", None, None), Some(&first));
+
+        assert_eq!(refreshed.access_token, "a2");
+        assert_eq!(refreshed.refresh_token.as_deref(), Some("r1"));
+        assert_eq!(refreshed.scope.as_deref(), Some("read"));
+        assert_eq!(refreshed.connected_at, first.connected_at);
+    }
+
+    #[test]
+    fn a_rotated_refresh_token_replaces_the_old_one() {
+        let first = Connection::from_tokens(tokens("a1", Some("r1"), None), None);
+
+        let refreshed = Connection::from_tokens(tokens("a2", Some("r2"), None), Some(&first));
+
+        assert_eq!(refreshed.refresh_token.as_deref(), Some("r2"));
+    }
+
+    #[test]
+    fn a_token_is_due_a_minute_before_it_expires_and_never_without_an_expiry() {
+        let mut connection = Connection::from_tokens(tokens("a", None, None), None);
+        assert!(!connection.is_due());
+
+        connection.expires_at = Some(now_unix() + REFRESH_MARGIN_SECS - 1);
+        assert!(connection.is_due());
+
+        connection.expires_at = None;
+        assert!(!connection.is_due());
+    }
+}

@@ -232,3 +232,113 @@ impl OAuth {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use cap_std::ambient_authority;
+    use cap_std::fs::Dir;
+
+    use super::*;
+    use crate::config::EgressConfig;
+    use crate::description::Description;
+    use crate::egress::Egress;
+    use crate::store::SledStore;
+    use crate::vault::{Secret, Vault};
+
+    fn spec(extra: serde_json::Value) -> OAuthSpec {
+        let mut oauth = serde_json::json!({
+            "authorization_url": "https://provider.test/authorize",
+            "token_url": "https://provider.test/token",
+            "api_hosts": ["api.provider.test"],
+            "scopes": ["chat:write", "users:read"]
+        });
+        for (name, value) in extra.as_object().unwrap() {
+            oauth[name] = value.clone();
+        }
+        let description = serde_json::json!({
+            "description_version": 1, "id": "p", "name": "P", "version": "1", "description": "",
+            "tools": [{"name": "t", "description": "T", "parameters": {"type": "object"}}],
+            "oauth": oauth
+        });
+        Description::parse(&description.to_string())
+            .unwrap()
+            .oauth
+            .unwrap()
+    }
+
+    /// Begins a flow and answers the query of the provider's URL, and the stored flow.
+    fn begin(spec: &OAuthSpec) -> (HashMap<String, String>, PendingFlow) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(&dir.path().join("store")).unwrap());
+        let data = Dir::open_ambient_dir(dir.path(), ambient_authority()).unwrap();
+        let vault = Arc::new(Vault::open(&data, None).unwrap());
+        let egress = Arc::new(Egress::new(&EgressConfig::default()).unwrap());
+        let public = url::Url::parse("https://keyhole.example").unwrap();
+        let oauth = OAuth::new(store, vault, egress, public, 600);
+        let link = LinkRecord {
+            plugin: "p".into(),
+            tenant: "acme".into(),
+            user: "alice".into(),
+            expires_at: now_unix() + 600,
+        };
+        let client = OAuthClient {
+            client_id: "the-client".into(),
+            secret: Secret("never in a URL".into()),
+            approved: String::new(),
+        };
+
+        let started = oauth.begin(&link, spec, &client).unwrap();
+        let url = url::Url::parse(&started.redirect_to).unwrap();
+        let query: HashMap<String, String> = url.query_pairs().into_owned().collect();
+        let flow = oauth
+            .take_flow(&query["state"], Some(&started.cookie))
+            .unwrap();
+        (query, flow)
+    }
+
+    #[test]
+    fn the_authorization_url_carries_pkce_state_scopes_and_no_secret() {
+        let (query, flow) = begin(&spec(serde_json::json!({})));
+
+        assert_eq!(query["response_type"], "code");
+        assert_eq!(query["client_id"], "the-client");
+        assert_eq!(
+            query["redirect_uri"],
+            "https://keyhole.example/oauth/callback"
+        );
+        assert_eq!(query["scope"], "chat:write users:read");
+        assert_eq!(query["code_challenge_method"], "S256");
+        let verifier = flow.verifier.expect("a PKCE verifier is kept");
+        let challenge = oauth2::PkceCodeChallenge::from_code_verifier_sha256(
+            &oauth2::PkceCodeVerifier::new(verifier),
+        );
+        assert_eq!(&query["code_challenge"], challenge.as_str());
+        assert!(query["state"].len() >= 16);
+        assert!(!query.values().any(|v| v.contains("never in a URL")));
+    }
+
+    #[test]
+    fn scopes_are_joined_with_the_providers_separator_and_extra_params_added() {
+        let spec = spec(serde_json::json!({
+            "scope_separator": ",",
+            "authorization_params": {"access_type": "offline", "prompt": "consent"}
+        }));
+        let (query, _) = begin(&spec);
+
+        assert_eq!(query["scope"], "chat:write,users:read");
+        assert_eq!(query["access_type"], "offline");
+        assert_eq!(query["prompt"], "consent");
+    }
+
+    #[test]
+    fn a_provider_without_pkce_gets_no_challenge_and_the_exchange_no_verifier() {
+        let (query, flow) = begin(&spec(serde_json::json!({"pkce": false})));
+
+        assert!(!query.contains_key("code_challenge"), "{query:?}");
+        assert!(!query.contains_key("code_challenge_method"), "{query:?}");
+        assert_eq!(flow.verifier, None);
+    }
+}
