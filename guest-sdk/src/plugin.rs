@@ -75,6 +75,18 @@ impl Setting {
             secret_hosts: Some(hosts.to_vec()),
         }
     }
+
+    /// Like [`Setting::secret`], but the plugin's tools run without it too.
+    pub fn optional_secret(
+        name: &'static str,
+        description: &'static str,
+        hosts: &[&'static str],
+    ) -> Self {
+        Self {
+            required: false,
+            ..Self::secret(name, description, hosts)
+        }
+    }
 }
 
 /// A tool as the plugin knows it: its description, and how to run it.

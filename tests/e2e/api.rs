@@ -161,6 +161,7 @@ async fn tools_are_listed_in_openai_function_format() -> Result<()> {
             "probe__echo",
             "probe__fail",
             "probe__fetch",
+            "probe__keyed",
             "probe__log",
             "probe__scratch",
             "probe__trap",

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use crate::harness::{ApiKey, Keyhole, install_probe};
+use crate::harness::{ApiKey, GREETING, Keyhole, data_dir_contains, install_probe};
 
 /// A server with the probe installed, and a key to call it with.
 async fn start() -> Result<(Keyhole, ApiKey)> {
@@ -98,5 +98,51 @@ async fn plugin_requests_carry_no_keyhole_credentials() -> Result<()> {
             "the upstream received a Keyhole credential in `{name}`"
         );
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_secret_setting_reaches_only_its_host_and_never_the_plugin() -> Result<()> {
+    let (keyhole, key) = start().await?;
+    let secret = format!("sk-{}", hex::encode(rand::random::<[u8; 12]>()));
+    let view = keyhole
+        .configure("probe", json!({ "api_key": secret }))
+        .await?
+        .expect(200)?;
+    let shown = view["settings"]
+        .as_array()
+        .and_then(|settings| settings.iter().find(|s| s["name"] == "api_key"))
+        .context("the view lists the secret setting")?;
+    assert_eq!(shown["secret"], true, "{shown}");
+    assert_eq!(shown["set"], true, "{shown}");
+    assert!(
+        !view.to_string().contains(&secret),
+        "the view shows the secret"
+    );
+
+    let reply = keyhole.invoke(&key, "probe", "keyed", json!({})).await?;
+    let output = reply.expect(200)?["output"].take();
+
+    assert_eq!(
+        output["readable"],
+        Value::Null,
+        "the plugin read the secret: {output}"
+    );
+    assert_eq!(output["own_host"], 200, "{output}");
+    assert_eq!(output["elsewhere_denied"], true, "{output}");
+    let seen = keyhole.upstream().request_to("/keyed")?;
+    assert_eq!(seen.query("key").as_deref(), Some(secret.as_str()));
+    assert_eq!(seen.header("x-api-key"), Some(secret.as_str()));
+    assert!(keyhole.upstream().requests_to("/stolen").is_empty());
+    assert!(
+        !keyhole.logs().text().contains(&secret),
+        "the log shows the secret"
+    );
+    // The plain setting is found in clear, which shows the scan reads the records.
+    assert!(data_dir_contains(keyhole.data_dir(), GREETING.as_bytes())?);
+    assert!(
+        !data_dir_contains(keyhole.data_dir(), secret.as_bytes())?,
+        "the data directory holds the secret in clear"
+    );
     Ok(())
 }

@@ -9,7 +9,6 @@
 //! test starts its own provider and its own server.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -25,8 +24,8 @@ use tokio::time::{sleep, timeout};
 use url::{Position, Url};
 
 use crate::harness::{
-    ApiKey, KEYHOLE, Keyhole, OAuthServer, Reply, ReplyExt, follow_authorization, guests,
-    remove_keyhole_env,
+    ApiKey, KEYHOLE, Keyhole, OAuthServer, Reply, ReplyExt, contains, files_under,
+    follow_authorization, guests, remove_keyhole_env,
 };
 
 /// The plugin's id, for both builds.
@@ -341,26 +340,6 @@ fn api_answer(reply: &Reply) -> Result<Value> {
         "the API refused the call: {output}"
     );
     Ok(output["body"].clone())
-}
-
-/// Every file under `dir`, recursively.
-fn files_under(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            files.extend(files_under(&path)?);
-        } else {
-            files.push(path);
-        }
-    }
-    Ok(files)
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle)
 }
 
 #[tokio::test]

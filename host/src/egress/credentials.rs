@@ -356,12 +356,19 @@ mod tests {
     fn refuses_placeholders_to_hosts_not_declared_for_them() {
         let credentials = credentials(Some("tok"));
         let none = HeaderMap::new();
+        // Every spelling the host would substitute on an API host is refused elsewhere.
         for uri in [
             "https://evil.example.com/?t={OAUTH_PLUGIN_ACCESS_TOKEN}",
-            "https://evil.example.com/?t=%7boauth_plugin_access_token%7D",
+            "https://evil.example.com/?t=%7bOAUTH_PLUGIN_ACCESS_TOKEN%7D",
             "https://evil.example.com/?t=%7BOAUTH_PLUGIN_ACCESS_TOKEN%7d",
+            "https://evil.example.com/{OAUTH_PLUGIN_ACCESS_TOKEN}/x",
         ] {
-            let _ = credentials.check(uri, &none, "evil.example.com", 443);
+            assert!(
+                credentials
+                    .check(uri, &none, "evil.example.com", 443)
+                    .is_err(),
+                "{uri}"
+            );
         }
         assert!(
             credentials

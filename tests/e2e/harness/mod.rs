@@ -9,6 +9,8 @@ mod providers;
 mod server;
 mod upstream;
 
+use std::path::{Path, PathBuf};
+
 use anyhow::Result;
 use serde_json::json;
 
@@ -51,4 +53,35 @@ pub(crate) async fn current_weather(keyhole: &Keyhole, key: &ApiKey, city: &str)
     keyhole
         .invoke(key, "weather", "current_weather", arguments)
         .await
+}
+
+/// Every file under `dir`, recursively.
+pub(crate) fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            files.extend(files_under(&path)?);
+        } else {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+/// Whether any file of a data directory holds `needle`, byte for byte.
+pub(crate) fn data_dir_contains(dir: &Path, needle: &[u8]) -> Result<bool> {
+    for file in files_under(dir)? {
+        if contains(&std::fs::read(&file)?, needle) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
