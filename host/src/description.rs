@@ -646,4 +646,43 @@ mod tests {
             problems[0].message
         );
     }
+
+    #[test]
+    fn any_approved_field_needs_approval_again_but_only_token_url_and_hosts_drop_tokens() {
+        let base = json!({
+            "authorization_url": "https://p.test/auth",
+            "token_url": "https://p.test/token",
+            "revocation_url": "https://p.test/revoke",
+            "scopes": ["a"],
+            "api_hosts": ["api.p.test"],
+        });
+        let spec = |changes: Value| -> OAuthSpec {
+            let mut oauth = base.clone();
+            for (name, value) in changes.as_object().unwrap() {
+                oauth[name] = value.clone();
+            }
+            serde_json::from_value(oauth).unwrap()
+        };
+        let old = spec(json!({}));
+
+        for (changes, drops) in [
+            (json!({"authorization_url": "https://p.test/other"}), false),
+            (json!({"revocation_url": "https://p.test/other"}), false),
+            (json!({"scopes": ["a", "b"]}), false),
+            (json!({"token_url": "https://evil.test/token"}), true),
+            (json!({"api_hosts": ["api.p.test", "evil.test"]}), true),
+        ] {
+            let new = spec(changes.clone());
+            assert_ne!(
+                old.approval_fingerprint(),
+                new.approval_fingerprint(),
+                "{changes}"
+            );
+            assert_eq!(old.invalidates_tokens(&new), drops, "{changes}");
+        }
+
+        let same = spec(json!({"authorization_params": {"prompt": "consent"}}));
+        assert_eq!(old.approval_fingerprint(), same.approval_fingerprint());
+        assert!(!old.invalidates_tokens(&same));
+    }
 }

@@ -894,3 +894,40 @@ async fn the_cli_prints_the_link_and_finishes_the_call_once_the_user_connects() 
     assert_eq!(flow.connections(&flow.key, "bob").await?.len(), 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn behind_an_https_public_url_links_redirects_and_the_cookie_follow_it() -> Result<()> {
+    let public = "https://keyhole.example.com";
+    let flow = Flow::start_with(LONG_TTL, &["--public-url", public]).await?;
+
+    let view = flow.plugin_view().await?;
+    assert_eq!(
+        view["oauth"]["redirect_uri"],
+        format!("{public}/oauth/callback")
+    );
+    let link = authorize_url(&flow.invoke("alice", "me").await?)?;
+    let path = link
+        .strip_prefix(public)
+        .with_context(|| format!("the link {link} is not under the public URL"))?;
+
+    // A proxy would forward the public URL's path to the server as it is.
+    let browser = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()?;
+    let opened = browser
+        .get(format!("{}{path}", flow.keyhole.base_url()))
+        .reply()
+        .await?;
+    assert_eq!(opened.status, StatusCode::FOUND, "{opened}");
+    let cookie = opened.header("set-cookie").context("no cookie")?;
+    for attribute in ["HttpOnly", "SameSite=Lax", "Secure", "Path=/oauth"] {
+        assert!(cookie.contains(attribute), "{cookie} lacks {attribute}");
+    }
+    let location = Url::parse(opened.header("location").context("no redirect")?)?;
+    let redirect_uri = location
+        .query_pairs()
+        .find(|(name, _)| name == "redirect_uri")
+        .map(|(_, value)| value.into_owned());
+    assert_eq!(redirect_uri, Some(format!("{public}/oauth/callback")));
+    Ok(())
+}
