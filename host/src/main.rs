@@ -19,6 +19,7 @@ use keyhole::runtime::{Runtime, ScratchRoot};
 use keyhole::store::{SledStore, Store};
 use keyhole::vault::Vault;
 
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::Semaphore;
 use url::Url;
 
@@ -477,26 +478,41 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     };
     tracing::info!(address = %bound, public_url = %public_url, "serving");
+    let shutdown = ShutdownSignal::install()?;
     println!("keyhole listening on http://{bound}");
 
     // On a signal the server stops accepting connections and lets calls in flight finish, but
     // no longer than a call may take, plus a margin for answers to be written.
     let stopping = Arc::new(tokio::sync::Notify::new());
     let signalled = stopping.clone();
-    let grace = config.call_timeout() + std::time::Duration::from_secs(5);
+    let registry = state.registry.clone();
     let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
-        shutdown_signal().await;
+        shutdown.received().await;
         signalled.notify_one();
     });
     tokio::select! {
         served = server => served?,
-        () = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
+        () = async {
+            stopping.notified().await;
+            tokio::time::sleep(shutdown_grace(&registry, &config)).await;
+        } => {
             tracing::warn!("calls still running after the grace period; stopping anyway");
         }
     }
     store.flush()?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long calls in flight may still run after a shutdown signal: the longest deadline any
+/// plugin has, plus a margin for the answers to be written.
+fn shutdown_grace(registry: &Registry, config: &Config) -> std::time::Duration {
+    let longest = registry
+        .list()
+        .iter()
+        .map(|plugin| plugin.context.limits.call_timeout())
+        .fold(config.call_timeout(), std::cmp::max);
+    longest + std::time::Duration::from_secs(5)
 }
 
 /// Installs plugins named on the command line, skipping those already installed unchanged.
@@ -521,15 +537,28 @@ async fn install_at_start(registry: &Registry, files: &[PathBuf]) -> anyhow::Res
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM; the server then stops taking connections and lets calls in
-/// flight finish.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM can be handled");
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
+/// Ctrl-C or SIGTERM, listened for from the moment it is made: a signal that arrives before
+/// the server polls it still stops the server gracefully, instead of killing it.
+struct ShutdownSignal {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl ShutdownSignal {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        })
     }
-    tracing::info!("shutting down");
+
+    /// Resolves on the first signal; the server then stops taking connections and lets calls
+    /// in flight finish.
+    async fn received(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        tracing::info!("shutting down");
+    }
 }
