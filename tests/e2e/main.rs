@@ -12,6 +12,7 @@
 //! - [`egress`]: which requests leave the sandbox.
 //! - [`oauth_examples`]: the OAuth example plugins through the whole authorization flow.
 //! - [`oauth_flow`]: the OAuth flow against a real authorization server, edge cases included.
+//! - [`hostile`]: hostile plugins, each contained, the server still serving.
 //! - [`limits`]: per-plugin limits set by the admin, and scratch space.
 //! - [`durability`]: what survives a restart or a crash.
 //! - [`cli`]: the client commands of the binary.
@@ -23,6 +24,7 @@ mod cli;
 mod durability;
 mod egress;
 mod harness;
+mod hostile;
 mod limits;
 mod oauth_examples;
 mod oauth_flow;
