@@ -193,3 +193,70 @@ async fn unknown_plugin_tool_or_route_is_not_found() -> Result<()> {
     no_route.expect_error(404, "not_found")?;
     Ok(())
 }
+
+/// Fails unless no plugin is installed.
+async fn nothing_installed(keyhole: &Keyhole) -> Result<()> {
+    let list = keyhole.admin_get("/admin/plugins").await?.expect(200)?;
+    anyhow::ensure!(
+        list["plugins"] == json!([]),
+        "something was installed: {list}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn component_for_another_world_is_an_invalid_plugin() -> Result<()> {
+    let keyhole = Keyhole::start().await?;
+    let guests = guests().await?;
+
+    let command = keyhole.upload(guests.other_world()?).await?;
+    let error = command.expect_error(400, "invalid_plugin")?;
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(message.contains("keyhole:plugin"), "{message}");
+
+    let foreign = keyhole.upload(guests.foreign_import()?).await?;
+    let error = foreign.expect_error(400, "invalid_plugin")?;
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("`acme:vault/keys@0.1.0`"),
+        "the refusal names the import: {message}"
+    );
+
+    nothing_installed(&keyhole).await
+}
+
+#[tokio::test]
+async fn invalid_self_description_is_an_invalid_plugin() -> Result<()> {
+    let keyhole = Keyhole::start().await?;
+
+    let reply = keyhole.upload(guests().await?.bad_description()?).await?;
+
+    let error = reply.expect_error(400, "invalid_plugin")?;
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("id"),
+        "the refusal says what is wrong: {message}"
+    );
+    nothing_installed(&keyhole).await
+}
+
+#[tokio::test]
+async fn oversized_json_body_is_too_large_and_runs_nothing() -> Result<()> {
+    let keyhole = Keyhole::start().await?;
+    install_probe(&keyhole).await?;
+    let key = keyhole.create_api_key("acme").await?;
+    let text = "x".repeat(2 * 1024 * 1024);
+
+    let reply = keyhole
+        .api(&key, Method::POST, "/v1/plugins/probe/tools/echo/invoke")
+        .json(&json!({"user": "alice", "arguments": {"text": text}}))
+        .reply()
+        .await?;
+
+    reply.expect_error(413, "too_large")?;
+    let echoed = keyhole
+        .invoke(&key, "probe", "echo", json!({"text": "small"}))
+        .await?;
+    assert_eq!(echoed.expect(200)?["output"]["text"], "small");
+    Ok(())
+}

@@ -211,7 +211,10 @@ async fn request_flood_stops_at_the_per_call_cap() -> Result<()> {
         .iter()
         .filter(|request| request.path().starts_with("/flood/"))
         .count();
-    assert_eq!(reached as u64, MAX_REQUESTS_PER_CALL, "requests that reached the upstream");
+    assert_eq!(
+        reached as u64, MAX_REQUESTS_PER_CALL,
+        "requests that reached the upstream"
+    );
     // The cap is per call: the next call starts with a full allowance.
     let next = output_of(&keyhole, &key, "flood", json!({ "count": 3 })).await?;
     assert_eq!(next, json!({ "sent": 3, "denied": 0, "failed": 0 }));
@@ -311,7 +314,11 @@ async fn every_call_runs_in_a_fresh_instance() -> Result<()> {
     }
     let together = (0..4).map(|_| output_of(&keyhole, &key, "count", json!({})));
     for output in join_all(together).await {
-        assert_eq!(output?, json!({ "count": 1 }), "calls at once share a static");
+        assert_eq!(
+            output?,
+            json!({ "count": 1 }),
+            "calls at once share a static"
+        );
     }
     Ok(())
 }
@@ -333,7 +340,9 @@ async fn log_flood_is_capped_per_message_and_per_call() -> Result<()> {
     let total: usize = lines.iter().map(|line| per_line(line)).sum();
     assert!(!lines.is_empty(), "nothing of the flood was logged");
     assert!(
-        lines.iter().all(|line| per_line(line) <= MAX_LOG_MESSAGE_BYTES),
+        lines
+            .iter()
+            .all(|line| per_line(line) <= MAX_LOG_MESSAGE_BYTES),
         "a message was logged over {MAX_LOG_MESSAGE_BYTES} bytes"
     );
     assert!(
@@ -400,12 +409,18 @@ async fn check_while_flooded(keyhole: &Keyhole, key: &ApiKey) -> Result<()> {
     let health = keyhole.request(Method::GET, "/healthz").reply();
     let (health, elapsed) = timed(health).await;
     assert_eq!(health?.expect(200)?, json!({ "status": "ok" }));
-    assert!(elapsed < RESPONSIVE, "/healthz took {elapsed:?} under the flood");
+    assert!(
+        elapsed < RESPONSIVE,
+        "/healthz took {elapsed:?} under the flood"
+    );
 
     let echo = keyhole.invoke(key, "probe", "echo", json!({ "text": "hi" }));
     let (reply, elapsed) = timed(echo).await;
     let reply = reply?;
-    assert!(elapsed < RESPONSIVE, "a call took {elapsed:?} under the flood");
+    assert!(
+        elapsed < RESPONSIVE,
+        "a call took {elapsed:?} under the flood"
+    );
     if reply.status == 429 {
         reply.expect_error(429, "busy")?;
     } else {

@@ -25,6 +25,7 @@ pub(crate) struct Guests {
     hostile: PathBuf,
     other_world: PathBuf,
     bad_description: PathBuf,
+    foreign_import: PathBuf,
 }
 
 impl Guests {
@@ -93,6 +94,11 @@ impl Guests {
     pub(crate) fn bad_description(&self) -> Result<Vec<u8>> {
         read(&self.bad_description)
     }
+
+    /// The test plugin `tests/plugins/foreign-import`, which imports `acme:vault/keys`.
+    pub(crate) fn foreign_import(&self) -> Result<Vec<u8>> {
+        read(&self.foreign_import)
+    }
 }
 
 /// Builds the guests on the first call; later calls, from any test, share the result.
@@ -125,6 +131,7 @@ fn build_all() -> Result<Guests> {
         // A binary, not a library: its file keeps the package's hyphen.
         other_world: build(&root.join("tests/plugins"), "other-world")?,
         bad_description: build(&root.join("tests/plugins"), "bad_description")?,
+        foreign_import: build(&root.join("tests/plugins"), "foreign_import")?,
     })
 }
 

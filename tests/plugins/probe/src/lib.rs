@@ -144,7 +144,8 @@ struct Scratch {}
 
 impl Tool for Scratch {
     const NAME: &'static str = "scratch";
-    const DESCRIPTION: &'static str = "Lists, writes and reads back its scratch directory, and tries to leave it.";
+    const DESCRIPTION: &'static str =
+        "Lists, writes and reads back its scratch directory, and tries to leave it.";
     type Output = Value;
 
     fn run(self) -> Result<Value, ToolError> {
