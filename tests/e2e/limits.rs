@@ -151,3 +151,29 @@ async fn each_call_gets_its_own_empty_scratch_directory_and_nothing_else() -> Re
     assert_eq!(left, 0, "the calls' directories are removed");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_plugins_request_deadline_fails_the_request_not_the_call() -> Result<()> {
+    let keyhole = Keyhole::start().await?;
+    keyhole
+        .upload(crate::harness::guests().await?.hostile()?)
+        .await?
+        .expect(201)?;
+    let key = keyhole.create_api_key("acme").await?;
+    put_limits(&keyhole, "hostile", json!({"request_timeout_ms": 300}))
+        .await?
+        .expect(200)?;
+
+    // The upstream never answers `hang`; the call's deadline is the server's 10 s.
+    let started = std::time::Instant::now();
+    let reply = keyhole.invoke(&key, "hostile", "hang", json!({})).await?;
+
+    let error = reply.expect_error(422, "tool_error")?;
+    assert_eq!(error["kind"], "upstream", "{error}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "the request ran to the call's deadline: {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}

@@ -139,7 +139,19 @@ impl EgressHooks {
     }
 }
 
+/// Headers a plugin may not set besides wasmtime's own list (most hop-by-hop headers, `Host`):
+/// the rest of the hop-by-hop set, which would act on the host's pooled connection rather than
+/// on the request. (`Content-Length` stays allowed: wasmtime checks the body against it.)
+const FORBIDDEN_HEADERS: [http::HeaderName; 2] = [http::header::TE, http::header::TRAILER];
+
 impl WasiHttpHooks for EgressHooks {
+    fn forbidden_header_filter(&mut self) -> wasmtime_wasi_http::ForbiddenHeaderFilter {
+        Arc::new(|name| {
+            wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
+                || FORBIDDEN_HEADERS.contains(name)
+        })
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
@@ -364,6 +376,31 @@ mod tests {
             .is_err()
         );
         assert!(check(&mut hooks, "ftp://plain.test/x").is_err());
+    }
+
+    #[test]
+    fn hop_by_hop_and_host_headers_are_forbidden_to_plugins() {
+        let mut hooks = hooks(&["allowed.test"]);
+        for name in [
+            "te",
+            "trailer",
+            "connection",
+            "upgrade",
+            "host",
+            "transfer-encoding",
+        ] {
+            let name = http::HeaderName::from_static(name);
+            assert!(hooks.is_forbidden_header(&name), "{name}");
+        }
+        for name in [
+            "authorization",
+            "content-type",
+            "content-length",
+            "x-api-key",
+        ] {
+            let name = http::HeaderName::from_static(name);
+            assert!(!hooks.is_forbidden_header(&name), "{name}");
+        }
     }
 
     #[test]
