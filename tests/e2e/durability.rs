@@ -213,3 +213,22 @@ async fn sigterm_lets_a_call_in_flight_finish() -> Result<()> {
     assert!(status.success(), "keyhole exited with {status}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_restart_loads_the_compiled_plugins_without_recompiling() -> Result<()> {
+    let mut keyhole = Keyhole::start().await?;
+    install_weather(&keyhole).await?;
+    let key = keyhole.create_api_key("acme").await?;
+
+    keyhole.restart().await?;
+    let weather = current_weather(&keyhole, &key, "Berlin").await?;
+
+    assert_eq!(weather.expect(200)?["output"]["place"], "Berlin");
+    let log = keyhole.logs().text();
+    assert!(log.contains("serving"), "{log}");
+    assert!(
+        !log.contains("recompiled for this engine") && !log.contains("cannot load"),
+        "the restart did not use the stored artifact:\n{log}"
+    );
+    Ok(())
+}

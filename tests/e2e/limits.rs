@@ -177,3 +177,26 @@ async fn a_plugins_request_deadline_fails_the_request_not_the_call() -> Result<(
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_config_file_sets_limits_and_flags_override_it() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("keyhole.toml");
+    std::fs::write(
+        &path,
+        "call_timeout_ms = 4321\nmax_log_bytes = 2048\n[egress]\nmax_requests_per_call = 7\n",
+    )?;
+    let path = path.to_str().context("a UTF-8 path")?;
+    let keyhole = Keyhole::start_with(&["--config", path, "--call-timeout-ms", "5555"]).await?;
+    install_probe(&keyhole).await?;
+
+    let view = keyhole
+        .admin_get("/admin/plugins/probe")
+        .await?
+        .expect(200)?;
+
+    assert_eq!(view["limits"]["call_timeout_ms"], 5555, "{view}");
+    assert_eq!(view["limits"]["max_log_bytes"], 2048, "{view}");
+    assert_eq!(view["limits"]["max_requests_per_call"], 7, "{view}");
+    Ok(())
+}

@@ -931,3 +931,55 @@ async fn behind_an_https_public_url_links_redirects_and_the_cookie_follow_it() -
     assert_eq!(redirect_uri, Some(format!("{public}/oauth/callback")));
     Ok(())
 }
+
+/// Runs `keyhole ARGS` against the flow's server with `env`, and answers its JSON output.
+async fn cli(flow: &Flow, args: &[&str], env: &[(&str, &str)]) -> Result<Value> {
+    let mut command = Command::new(KEYHOLE);
+    remove_keyhole_env(&mut command);
+    command
+        .args(args)
+        .env("KEYHOLE_URL", flow.keyhole.base_url())
+        .envs(env.iter().copied())
+        .stdin(Stdio::null());
+    let output = timeout(CLI_TIMEOUT, command.output()).await??;
+    ensure!(
+        output.status.success(),
+        "`keyhole {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if output.stdout.is_empty() {
+        return Ok(Value::Null);
+    }
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+#[tokio::test]
+async fn the_cli_sets_the_client_lists_connections_and_disconnects() -> Result<()> {
+    let flow = Flow::start(LONG_TTL).await?;
+    let admin = [("KEYHOLE_ADMIN_TOKEN", flow.keyhole.admin_token())];
+    let backend = [("KEYHOLE_API_KEY", flow.key.secret.as_str())];
+
+    // Setting the same client again, from the command line, keeps it active.
+    let secret = [
+        admin[0],
+        ("KEYHOLE_CLIENT_SECRET", flow.client_secret.as_str()),
+    ];
+    let args = ["plugin", "oauth-client", PLUGIN, "--client-id", CLIENT_ID];
+    let view = cli(&flow, &args, &secret).await?;
+    assert_eq!(view["oauth"]["client"]["status"], "active", "{view}");
+    assert!(
+        !view.to_string().contains(&flow.client_secret),
+        "the secret was printed"
+    );
+
+    flow.connect("carol").await?;
+    let listed = cli(&flow, &["connections", "--user", "carol"], &backend).await?;
+    assert_eq!(listed["connections"][0]["plugin"], PLUGIN, "{listed}");
+
+    cli(&flow, &["disconnect", PLUGIN, "--user", "carol"], &backend).await?;
+    let listed = cli(&flow, &["connections", "--user", "carol"], &backend).await?;
+    assert_eq!(listed["connections"], json!([]), "{listed}");
+    assert_eq!(flow.stats().await?["revocations"], 1);
+    Ok(())
+}
