@@ -464,6 +464,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         public_url.clone(),
         config.oauth_flow_ttl_secs,
     ));
+    sweep_expired_flows(oauth.clone());
 
     let state = AppState {
         registry,
@@ -502,6 +503,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     store.flush()?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often authorization links and flows past their lifetime are removed from the store.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes expired authorization links and flows now and every [`SWEEP_EVERY`], off the
+/// executor: each removal is a flushed write.
+fn sweep_expired_flows(oauth: Arc<OAuth>) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            every.tick().await;
+            let oauth = oauth.clone();
+            match tokio::task::spawn_blocking(move || oauth.sweep_expired()).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(removed)) => {
+                    tracing::info!(removed, "removed expired authorization links and flows");
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, "cannot remove expired authorization links and flows");
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "the sweep of expired authorization links stopped")
+                }
+            }
+        }
+    });
 }
 
 /// How long calls in flight may still run after a shutdown signal: the longest deadline any

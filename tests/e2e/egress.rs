@@ -133,6 +133,19 @@ async fn a_secret_setting_reaches_only_its_host_and_never_the_plugin() -> Result
     let seen = keyhole.upstream().request_to("/keyed")?;
     assert_eq!(seen.query("key").as_deref(), Some(secret.as_str()));
     assert_eq!(seen.header("x-api-key"), Some(secret.as_str()));
+    // An API that echoes the request gives the plugin back the placeholders, not the secret.
+    let echoed = keyhole.upstream().request_to("/echo")?;
+    assert_eq!(echoed.header("x-api-key"), Some(secret.as_str()));
+    let read_back = output["echoed"]["Ok"].as_str().unwrap_or_default();
+    assert!(
+        read_back.contains(r#""x-api-key","{SETTING:api_key}""#)
+            && read_back.contains("key={SETTING:api_key}"),
+        "the plugin read back: {output}"
+    );
+    assert!(
+        !output.to_string().contains(&secret),
+        "the plugin read the secret back from an echo: {output}"
+    );
     assert!(keyhole.upstream().requests_to("/stolen").is_empty());
     assert!(
         !keyhole.logs().text().contains(&secret),

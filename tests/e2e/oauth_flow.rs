@@ -773,6 +773,86 @@ async fn a_tenant_sees_none_of_another_tenants_connections() -> Result<()> {
     Ok(())
 }
 
+/// Rounds of the token crash loop; each kills the server while accounts are being connected.
+const TOKEN_CRASH_ROUNDS: u64 = 3;
+
+/// Kills the server with SIGKILL while users connect their accounts (each callback seals and
+/// stores the user's tokens) and disconnect them, a few rounds over: after each restart every
+/// connection the server acknowledged is there and works, and every acknowledged disconnection
+/// stays done.
+#[tokio::test]
+async fn a_crash_in_the_middle_of_token_writes_loses_no_acknowledged_connection() -> Result<()> {
+    let mut flow = Flow::start(LONG_TTL).await?;
+    let mut connected: Vec<String> = Vec::new();
+    let mut disconnected: Vec<String> = Vec::new();
+
+    for round in 0..TOKEN_CRASH_ROUNDS {
+        let writes = async {
+            let (mut users, mut gone, mut in_doubt) = (Vec::new(), Vec::new(), None);
+            for n in 0.. {
+                // Every third step drops one of the connections acknowledged in an earlier round.
+                if n % 3 == 2
+                    && let Some(user) = connected.get(gone.len())
+                {
+                    let path = format!("/v1/users/{user}/connections/{PLUGIN}");
+                    let request = flow.keyhole.api(&flow.key, Method::DELETE, &path);
+                    match request.reply().await {
+                        Ok(reply) if reply.status == 204 => gone.push(user.clone()),
+                        // Cut off by the kill: it may or may not have been dropped.
+                        _ => {
+                            in_doubt = Some(user.clone());
+                            break;
+                        }
+                    }
+                    continue;
+                }
+                // A flow cut off by the kill is not acknowledged; stop at the first one.
+                let user = format!("user-{round}-{n}");
+                if flow.connect(&user).await.is_err() {
+                    break;
+                }
+                users.push(user);
+            }
+            (users, gone, in_doubt)
+        };
+        let crash = async {
+            sleep(Duration::from_millis(400 + 400 * round)).await;
+            flow.keyhole.kill_by_pid()
+        };
+        let ((users, gone, in_doubt), killed) = tokio::join!(writes, crash);
+        killed?;
+        connected.retain(|user| !gone.contains(user) && in_doubt.as_ref() != Some(user));
+        connected.extend(users);
+        disconnected.extend(gone);
+
+        flow.keyhole.wait_exit().await?;
+        flow.keyhole.restart().await?;
+
+        // The provider signs every browser in as the same account; what tells the users apart
+        // is that each call runs with a token stored for that user.
+        for user in &connected {
+            api_answer(&flow.invoke(user, "me").await?)
+                .with_context(|| format!("round {round}: {user} was connected, then lost"))?;
+            let listed = flow.connections(&flow.key, user).await?;
+            assert_eq!(listed.len(), 1, "round {round}: {user}: {listed:?}");
+        }
+        for user in &disconnected {
+            let listed = flow.connections(&flow.key, user).await?;
+            assert!(
+                listed.is_empty(),
+                "round {round}: {user} was disconnected, then came back: {listed:?}"
+            );
+        }
+    }
+    assert!(
+        connected.len() as u64 >= TOKEN_CRASH_ROUNDS && !disconnected.is_empty(),
+        "too few writes were acknowledged before the kills to prove anything: {} connected, {} disconnected",
+        connected.len(),
+        disconnected.len()
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_data_directory_holds_no_client_secret_or_token_in_clear() -> Result<()> {
     let mut flow = Flow::start(2).await?;

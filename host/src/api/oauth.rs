@@ -50,8 +50,8 @@ pub(super) async fn authorize(
     }
 }
 
-fn start(state: &AppState, link: &str) -> Result<(String, String), FlowError> {
-    let link = state.oauth.open_link(link)?;
+fn start(state: &AppState, token: &str) -> Result<(String, String), FlowError> {
+    let link = state.oauth.peek_link(token)?;
     let plugin = state
         .registry
         .get(&link.plugin)
@@ -62,6 +62,8 @@ fn start(state: &AppState, link: &str) -> Result<(String, String), FlowError> {
         .client(&link.plugin)?
         .filter(|client| client.is_active(&spec))
         .ok_or(FlowError::NotConfigured)?;
+    // Taken only now, once the flow can start; a concurrent opening of the same link loses here.
+    let link = state.oauth.open_link(token)?;
     let started = state.oauth.begin(&link, &spec, &client)?;
     tracing::info!(plugin = %link.plugin, tenant = %link.tenant, user = %link.user, "authorization started");
     Ok((started.redirect_to, started.cookie))

@@ -18,10 +18,13 @@ pub fn is_public(ip: IpAddr) -> bool {
 }
 
 fn is_public_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     let shared = a == 100 && (64..128).contains(&b);
     let reserved = a >= 240;
     let this_network = a == 0;
+    let protocol_assignments = a == 192 && b == 0 && c == 0;
+    let benchmarking = a == 198 && (b == 18 || b == 19);
+    let relay_anycast = a == 192 && b == 88 && c == 99;
     !(ip.is_loopback()
         || ip.is_private()
         || ip.is_link_local()
@@ -30,13 +33,20 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || ip.is_documentation()
         || shared
         || reserved
-        || this_network)
+        || this_network
+        || protocol_assignments
+        || benchmarking
+        || relay_anycast)
 }
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
+    let segments = ip.segments();
+    let first = segments[0];
     let unique_local = first & 0xfe00 == 0xfc00;
     let link_local = first & 0xffc0 == 0xfe80;
+    let site_local = first & 0xffc0 == 0xfec0;
+    // `::a.b.c.d` (IPv4-compatible, deprecated) and `::ffff:0:a.b.c.d` (IPv4-translated).
+    let embeds_ipv4 = segments[..6] == [0; 6] || segments[..6] == [0, 0, 0, 0, 0xffff, 0];
     let documentation = first == 0x2001 && ip.segments()[1] == 0x0db8;
     // NAT64 and 6to4 embed IPv4 addresses that could be private.
     let translated = first == 0x0064 || first == 0x2002;
@@ -45,6 +55,8 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || ip.is_multicast()
         || unique_local
         || link_local
+        || site_local
+        || embeds_ipv4
         || documentation
         || translated)
 }
@@ -104,6 +116,14 @@ mod tests {
             "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
             "2002:a00:1::",
+            "192.0.0.8",
+            "198.18.0.1",
+            "198.19.255.254",
+            "192.88.99.1",
+            "::a00:1",
+            "::8.8.8.8",
+            "::ffff:0:a00:1",
+            "fec0::1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use http::{HeaderMap, HeaderValue};
 
 use super::HostPolicy;
+use super::redact::Redactions;
 use crate::description::OAuthSpec;
 use crate::oauth::{ConnectionRef, OAuth, OAuthClient};
 use crate::vault::Secret;
@@ -58,6 +59,8 @@ pub(super) struct Prepared {
     pub(super) headers: HeaderMap,
     /// The token this request carries, if any; a 401 answer to it triggers one refresh.
     pub(super) carried: Option<Secret>,
+    /// Every secret value put into the request, to be kept out of the answer.
+    pub(super) revealed: Redactions,
 }
 
 impl Credentials {
@@ -125,28 +128,17 @@ impl Credentials {
     ) -> Result<Prepared, &'static str> {
         let token = self.token.lock().expect("token lock").clone();
         let is_api_host = self.api_hosts.allows(host, port);
-        let mut carried = None;
-
-        let fill = |text: &str, carried: &mut Option<Secret>| {
-            let mut text = decode_braces_if_placeholder(text);
-            if text.contains(ACCESS_TOKEN_PLACEHOLDER) {
-                let value = token.as_ref().map_or("", |t| t.expose());
-                text = text.replace(ACCESS_TOKEN_PLACEHOLDER, value);
-                *carried = token.clone();
-            }
-            for secret in &self.secrets {
-                text = text.replace(
-                    &format!("{{SETTING:{}}}", secret.name),
-                    secret.value.expose(),
-                );
-            }
-            text
+        let mut filling = Filling {
+            token: token.as_ref(),
+            secrets: &self.secrets,
+            carried: None,
+            revealed: Redactions::default(),
         };
 
-        let uri = fill(uri, &mut carried);
+        let uri = filling.fill(uri);
         let mut prepared_headers = HeaderMap::with_capacity(headers.len() + 1);
         for (name, value) in headers {
-            let filled = fill(&String::from_utf8_lossy(value.as_bytes()), &mut carried);
+            let filled = filling.fill(&String::from_utf8_lossy(value.as_bytes()));
             let value = HeaderValue::from_str(&filled)
                 .map_err(|_| "a filled header is not a valid value")?;
             prepared_headers.append(name.clone(), value);
@@ -160,13 +152,17 @@ impl Credentials {
                 .map_err(|_| "the token is not a valid header value")?;
             value.set_sensitive(true);
             prepared_headers.insert(http::header::AUTHORIZATION, value);
-            carried = Some(token.clone());
+            filling.carried = Some(token.clone());
+            filling
+                .revealed
+                .add(token.expose(), ACCESS_TOKEN_PLACEHOLDER);
         }
 
         Ok(Prepared {
             uri,
             headers: prepared_headers,
-            carried,
+            carried: filling.carried,
+            revealed: filling.revealed,
         })
     }
 
@@ -200,6 +196,60 @@ impl Credentials {
                 false
             }
         }
+    }
+}
+
+/// What one request's placeholders are filled with, and what the filling revealed.
+struct Filling<'a> {
+    token: Option<&'a Secret>,
+    secrets: &'a [SecretSetting],
+    carried: Option<Secret>,
+    revealed: Redactions,
+}
+
+impl Filling<'_> {
+    /// Replaces the placeholders of `text` in one pass: what is put in is never read again, so
+    /// a token that happens to spell `{SETTING:key}` stays that text and pulls in no secret.
+    fn fill(&mut self, text: &str) -> String {
+        let text = decode_braces_if_placeholder(text);
+        let mut filled = String::with_capacity(text.len());
+        let mut rest = text.as_str();
+
+        while let Some(start) = rest.find('{') {
+            filled.push_str(&rest[..start]);
+            rest = &rest[start..];
+            let Some(end) = rest.find('}') else { break };
+            match self.value_of(&rest[..=end]) {
+                Some(value) => {
+                    filled.push_str(&value);
+                    rest = &rest[end + 1..];
+                }
+                // Not a placeholder: keep the brace, and look for one from the next character.
+                None => {
+                    filled.push('{');
+                    rest = &rest[1..];
+                }
+            }
+        }
+        filled.push_str(rest);
+        filled
+    }
+
+    /// The value a placeholder stands for, noting that it was revealed; `None` leaves the text
+    /// as it is.
+    fn value_of(&mut self, placeholder: &str) -> Option<String> {
+        if placeholder == ACCESS_TOKEN_PLACEHOLDER {
+            let Some(token) = self.token else {
+                return Some(String::new());
+            };
+            self.carried = Some(token.clone());
+            self.revealed.add(token.expose(), placeholder);
+            return Some(token.expose().to_owned());
+        }
+        let name = placeholder.strip_prefix("{SETTING:")?.strip_suffix('}')?;
+        let secret = self.secrets.iter().find(|s| s.name == name)?;
+        self.revealed.add(secret.value.expose(), placeholder);
+        Some(secret.value.expose().to_owned())
     }
 }
 
@@ -446,5 +496,71 @@ mod tests {
         assert_eq!(prepared.uri, "https://keys.example.com/?k=s3cret");
         assert_eq!(prepared.headers["x-key"], "s3cret");
         assert!(prepared.carried.is_none());
+    }
+
+    #[test]
+    fn a_token_spelling_a_placeholder_pulls_in_no_secret() {
+        let credentials = credentials(Some("{SETTING:key}"));
+        let prepared = credentials
+            .prepare(
+                "https://api.example.com/?t={OAUTH_PLUGIN_ACCESS_TOKEN}",
+                &HeaderMap::new(),
+                "api.example.com",
+                443,
+            )
+            .unwrap();
+        assert_eq!(prepared.uri, "https://api.example.com/?t={SETTING:key}");
+        assert!(!prepared.uri.contains("s3cret"));
+    }
+
+    #[test]
+    fn a_placeholder_after_a_stray_brace_is_still_filled() {
+        let credentials = credentials(Some("tok"));
+        let prepared = credentials
+            .prepare(
+                "https://api.example.com/?q={a{OAUTH_PLUGIN_ACCESS_TOKEN}}",
+                &HeaderMap::new(),
+                "api.example.com",
+                443,
+            )
+            .unwrap();
+        assert_eq!(prepared.uri, "https://api.example.com/?q={atok}");
+    }
+
+    #[test]
+    fn what_was_revealed_is_redacted_from_an_echo() {
+        let credentials = credentials(Some("tok-9f8e"));
+        let bearer = credentials
+            .prepare(
+                "https://api.example.com/",
+                &HeaderMap::new(),
+                "api.example.com",
+                443,
+            )
+            .unwrap();
+        let keyed = credentials
+            .prepare(
+                "https://keys.example.com/?k={SETTING:key}",
+                &HeaderMap::new(),
+                "keys.example.com",
+                443,
+            )
+            .unwrap();
+        let plain = credentials
+            .prepare(
+                "https://other.example.com/",
+                &HeaderMap::new(),
+                "other.example.com",
+                443,
+            )
+            .unwrap();
+
+        let echoed = bearer.revealed.apply(b"authorization: Bearer tok-9f8e");
+        assert_eq!(
+            &echoed[..],
+            b"authorization: Bearer {OAUTH_PLUGIN_ACCESS_TOKEN}"
+        );
+        assert_eq!(&keyed.revealed.apply(b"k=s3cret")[..], b"k={SETTING:key}");
+        assert!(plain.revealed.is_empty());
     }
 }

@@ -15,6 +15,7 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::address::ProhibitedAddress;
 use super::credentials::{Credentials, Prepared};
+use super::redact::Redactions;
 use super::{Egress, HostPolicy, is_public};
 use crate::limits::{CallLimits, bytes};
 
@@ -216,7 +217,10 @@ async fn forward(
             retried = true;
             continue;
         }
-        return stream_back(response, limit);
+        if prepared.revealed.is_empty() {
+            return stream_back(response, limit);
+        }
+        return redacted_back(response, limit, &prepared.revealed).await;
     }
 }
 
@@ -230,6 +234,13 @@ async fn send(
     let url = Url::parse(&prepared.uri).map_err(|_| Error::HttpRequestUriInvalid)?;
     let (target, client, overridden) = egress.route(&url);
     let mut headers = prepared.headers.clone();
+    if !prepared.revealed.is_empty() {
+        // A compressed echo would hide the secret from the redaction of the answer.
+        headers.insert(
+            http::header::ACCEPT_ENCODING,
+            http::HeaderValue::from_static("identity"),
+        );
+    }
     if !overridden {
         // The client sets `Host` from the URL; an overridden request keeps the original one.
         headers.remove(http::header::HOST);
@@ -267,6 +278,39 @@ fn stream_back(
         });
     builder
         .body(StreamBody::new(stream).boxed_unsync())
+        .map_err(|err| Error::InternalError(Some(err.to_string())))
+}
+
+/// The answer to a request that carried a secret, read whole (within the cap) so that every
+/// echo of the secret can be replaced by its placeholder before the plugin sees it.
+async fn redacted_back(
+    response: reqwest::Response,
+    limit: usize,
+    revealed: &Redactions,
+) -> Result<http::Response<WasiBody>, Error> {
+    let mut headers = response.headers().clone();
+    revealed.apply_to_headers(&mut headers);
+    // The body changes length; the guest reads it to the end instead.
+    headers.remove(http::header::CONTENT_LENGTH);
+    let status = response.status();
+
+    let mut body = Vec::new();
+    let mut chunks = response.bytes_stream();
+    while let Some(chunk) = chunks.try_next().await.map_err(error_code)? {
+        if body.len() + chunk.len() > limit {
+            return Err(Error::HttpResponseBodySize(Some(limit as u64)));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let body = Bytes::from(revealed.apply(&body).into_owned());
+
+    let mut builder = http::Response::builder().status(status);
+    if let Some(builder_headers) = builder.headers_mut() {
+        *builder_headers = headers;
+    }
+    let body = http_body_util::Full::new(body).map_err(|never| match never {});
+    builder
+        .body(body.boxed_unsync())
         .map_err(|err| Error::InternalError(Some(err.to_string())))
 }
 

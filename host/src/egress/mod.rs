@@ -15,6 +15,7 @@ mod address;
 mod credentials;
 mod hooks;
 mod policy;
+mod redact;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +78,9 @@ impl Egress {
         let build = |resolver: Option<Arc<PublicOnlyResolver>>| {
             let mut builder = reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                // A proxy from the environment would resolve names itself, past the resolver
+                // that keeps requests off internal addresses.
+                .no_proxy()
                 .connect_timeout(Duration::from_millis(config.request_timeout_ms))
                 .pool_idle_timeout(Duration::from_secs(90))
                 .user_agent(concat!("keyhole/", env!("CARGO_PKG_VERSION")));

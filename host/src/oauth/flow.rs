@@ -104,6 +104,16 @@ fn random_token() -> String {
     hex::encode(bytes)
 }
 
+/// The record of a stored link, unless it is missing or expired.
+fn live_link(bytes: Option<Vec<u8>>) -> Result<LinkRecord, FlowError> {
+    let bytes = bytes.ok_or(FlowError::LinkGone)?;
+    let record: LinkRecord = serde_json::from_slice(&bytes).map_err(|_| FlowError::LinkGone)?;
+    if record.expires_at <= now_unix() {
+        return Err(FlowError::LinkGone);
+    }
+    Ok(record)
+}
+
 fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
@@ -123,18 +133,23 @@ impl OAuth {
         Ok(self.url(&format!("oauth/authorize/{link}")))
     }
 
+    /// Whose authorization a link starts, leaving it usable: a link that cannot start a flow
+    /// yet (the admin has not set the client) is not used up by trying.
+    pub fn peek_link(&self, link: &str) -> Result<LinkRecord, FlowError> {
+        let bytes = self
+            .store
+            .get(Space::Links, &sha256_hex(link))
+            .map_err(OAuthError::from)?;
+        live_link(bytes)
+    }
+
     /// Takes a link, once: answers whose authorization it starts.
     pub fn open_link(&self, link: &str) -> Result<LinkRecord, FlowError> {
         let bytes = self
             .store
             .take(Space::Links, &sha256_hex(link))
-            .map_err(OAuthError::from)?
-            .ok_or(FlowError::LinkGone)?;
-        let record: LinkRecord = serde_json::from_slice(&bytes).map_err(|_| FlowError::LinkGone)?;
-        if record.expires_at <= now_unix() {
-            return Err(FlowError::LinkGone);
-        }
-        Ok(record)
+            .map_err(OAuthError::from)?;
+        live_link(bytes)
     }
 
     /// Starts the flow for an opened link: the provider's URL and the browser's cookie.
@@ -212,6 +227,32 @@ impl OAuth {
         Ok(flow)
     }
 
+    /// Removes the links and flows past their lifetime, which nobody can use any more, and
+    /// answers how many. Links handed out but never opened would otherwise stay forever.
+    pub fn sweep_expired(&self) -> Result<usize, OAuthError> {
+        let now = now_unix();
+        let mut removed = 0;
+        for (key, bytes) in self.store.scan(Space::Links, "")? {
+            let expired = serde_json::from_slice::<LinkRecord>(&bytes)
+                .map_or(true, |link| link.expires_at <= now);
+            if expired && self.store.take(Space::Links, &key)?.is_some() {
+                removed += 1;
+            }
+        }
+        for (key, sealed) in self.store.scan(Space::Flows, "")? {
+            let expired = self
+                .vault
+                .unseal(&key, &sealed)
+                .ok()
+                .and_then(|json| serde_json::from_slice::<PendingFlow>(&json).ok())
+                .is_none_or(|flow| flow.expires_at <= now);
+            if expired && self.store.take(Space::Flows, &key)?.is_some() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Exchanges the callback's code and stores the user's tokens.
     pub async fn complete(
         &self,
@@ -269,28 +310,43 @@ mod tests {
             .unwrap()
     }
 
-    /// Begins a flow and answers the query of the provider's URL, and the stored flow.
-    fn begin(spec: &OAuthSpec) -> (HashMap<String, String>, PendingFlow) {
-        let dir = tempfile::tempdir().unwrap();
+    /// The OAuth side over a fresh store, with links and flows living `ttl` seconds.
+    fn oauth(dir: &tempfile::TempDir, ttl: u64) -> OAuth {
         let store = Arc::new(SledStore::open(&dir.path().join("store")).unwrap());
         let data = Dir::open_ambient_dir(dir.path(), ambient_authority()).unwrap();
         let vault = Arc::new(Vault::open(&data, None).unwrap());
         let egress = Arc::new(Egress::new(&EgressConfig::default()).unwrap());
         let public = url::Url::parse("https://keyhole.example").unwrap();
-        let oauth = OAuth::new(store, vault, egress, public, 600);
+        OAuth::new(store, vault, egress, public, ttl)
+    }
+
+    fn client() -> OAuthClient {
+        OAuthClient {
+            client_id: "the-client".into(),
+            secret: Secret("never in a URL".into()),
+            approved: String::new(),
+        }
+    }
+
+    fn alice() -> ConnectionRef {
+        ConnectionRef {
+            plugin: "p".into(),
+            tenant: "acme".into(),
+            user: "alice".into(),
+        }
+    }
+
+    /// Begins a flow and answers the query of the provider's URL, and the stored flow.
+    fn begin(spec: &OAuthSpec) -> (HashMap<String, String>, PendingFlow) {
+        let dir = tempfile::tempdir().unwrap();
+        let oauth = oauth(&dir, 600);
         let link = LinkRecord {
             plugin: "p".into(),
             tenant: "acme".into(),
             user: "alice".into(),
             expires_at: now_unix() + 600,
         };
-        let client = OAuthClient {
-            client_id: "the-client".into(),
-            secret: Secret("never in a URL".into()),
-            approved: String::new(),
-        };
-
-        let started = oauth.begin(&link, spec, &client).unwrap();
+        let started = oauth.begin(&link, spec, &client()).unwrap();
         let url = url::Url::parse(&started.redirect_to).unwrap();
         let query: HashMap<String, String> = url.query_pairs().into_owned().collect();
         let flow = oauth
@@ -340,5 +396,38 @@ mod tests {
         assert!(!query.contains_key("code_challenge"), "{query:?}");
         assert!(!query.contains_key("code_challenge_method"), "{query:?}");
         assert_eq!(flow.verifier, None);
+    }
+
+    #[test]
+    fn expired_links_and_flows_are_swept_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let expiring = oauth(&dir, 0);
+        let spec = spec(serde_json::json!({}));
+        expiring.authorization_link(&alice()).unwrap();
+        let record = LinkRecord {
+            plugin: "p".into(),
+            tenant: "acme".into(),
+            user: "alice".into(),
+            expires_at: 0,
+        };
+        expiring.begin(&record, &spec, &client()).unwrap();
+        let live = oauth_sharing(&expiring, 600);
+        let link = live.authorization_link(&alice()).unwrap();
+
+        assert_eq!(live.sweep_expired().unwrap(), 2);
+        assert_eq!(live.sweep_expired().unwrap(), 0);
+        let token = link.rsplit('/').next().unwrap();
+        assert_eq!(live.open_link(token).unwrap().user, "alice");
+    }
+
+    /// Another OAuth side over the same store and vault, with another lifetime.
+    fn oauth_sharing(other: &OAuth, ttl: u64) -> OAuth {
+        OAuth::new(
+            other.store.clone(),
+            other.vault.clone(),
+            other.egress.clone(),
+            other.public_url.clone(),
+            ttl,
+        )
     }
 }

