@@ -51,6 +51,8 @@ pub struct Credentials {
     refresher: Option<Refresher>,
     secrets: Vec<SecretSetting>,
     authorization_lost: AtomicBool,
+    /// Every secret of the call, and every token it held, to keep out of all its answers.
+    redactions: std::sync::Mutex<Redactions>,
 }
 
 /// A request's URL and headers with the credentials in place.
@@ -59,8 +61,6 @@ pub(super) struct Prepared {
     pub(super) headers: HeaderMap,
     /// The token this request carries, if any; a 401 answer to it triggers one refresh.
     pub(super) carried: Option<Secret>,
-    /// Every secret value put into the request, to be kept out of the answer.
-    pub(super) revealed: Redactions,
 }
 
 impl Credentials {
@@ -72,13 +72,30 @@ impl Credentials {
         refresher: Option<Refresher>,
         secrets: Vec<SecretSetting>,
     ) -> Self {
+        let mut redactions = Redactions::default();
+        if let Some(token) = &token {
+            redactions.add(token.expose(), ACCESS_TOKEN_PLACEHOLDER);
+        }
+        for secret in &secrets {
+            redactions.add(
+                secret.value.expose(),
+                &format!("{{SETTING:{}}}", secret.name),
+            );
+        }
         Self {
             api_hosts,
             token: std::sync::Mutex::new(token),
             refresher,
             secrets,
             authorization_lost: AtomicBool::new(false),
+            redactions: std::sync::Mutex::new(redactions),
         }
+    }
+
+    /// What to keep out of the call's answers: the secret settings and every token the call
+    /// has held (a refreshed-away token may still be valid for a while).
+    pub(super) fn redactions(&self) -> Redactions {
+        self.redactions.lock().expect("redactions lock").clone()
     }
 
     /// Whether a refresh during the call found the user's authorization gone.
@@ -132,13 +149,12 @@ impl Credentials {
             token: token.as_ref(),
             secrets: &self.secrets,
             carried: None,
-            revealed: Redactions::default(),
         };
 
-        let uri = filling.fill(uri);
+        let uri = filling.fill(uri)?;
         let mut prepared_headers = HeaderMap::with_capacity(headers.len() + 1);
         for (name, value) in headers {
-            let filled = filling.fill(&String::from_utf8_lossy(value.as_bytes()));
+            let filled = filling.fill(&String::from_utf8_lossy(value.as_bytes()))?;
             let value = HeaderValue::from_str(&filled)
                 .map_err(|_| "a filled header is not a valid value")?;
             prepared_headers.append(name.clone(), value);
@@ -153,16 +169,12 @@ impl Credentials {
             value.set_sensitive(true);
             prepared_headers.insert(http::header::AUTHORIZATION, value);
             filling.carried = Some(token.clone());
-            filling
-                .revealed
-                .add(token.expose(), ACCESS_TOKEN_PLACEHOLDER);
         }
 
         Ok(Prepared {
             uri,
             headers: prepared_headers,
             carried: filling.carried,
-            revealed: filling.revealed,
         })
     }
 
@@ -183,6 +195,10 @@ impl Credentials {
             .await;
         match result {
             Ok(Some(token)) => {
+                self.redactions
+                    .lock()
+                    .expect("redactions lock")
+                    .add(token.expose(), ACCESS_TOKEN_PLACEHOLDER);
                 *self.token.lock().expect("token lock") = Some(token);
                 true
             }
@@ -199,56 +215,59 @@ impl Credentials {
     }
 }
 
-/// What one request's placeholders are filled with, and what the filling revealed.
+/// The most a URL or a header may grow to by filling its placeholders: a request full of
+/// placeholders of a long secret must not make the host build megabytes of headers.
+const MAX_FILLED_BYTES: usize = 64 * 1024;
+
+/// What one request's placeholders are filled with, and which token it carries.
 struct Filling<'a> {
     token: Option<&'a Secret>,
     secrets: &'a [SecretSetting],
     carried: Option<Secret>,
-    revealed: Redactions,
 }
 
 impl Filling<'_> {
     /// Replaces the placeholders of `text` in one pass: what is put in is never read again, so
     /// a token that happens to spell `{SETTING:key}` stays that text and pulls in no secret.
-    fn fill(&mut self, text: &str) -> String {
+    /// Each `}` closes at most one placeholder, opened by the nearest `{` before it, which keeps
+    /// the pass linear whatever braces the plugin sends.
+    fn fill(&mut self, text: &str) -> Result<String, &'static str> {
         let text = decode_braces_if_placeholder(text);
         let mut filled = String::with_capacity(text.len());
         let mut rest = text.as_str();
 
-        while let Some(start) = rest.find('{') {
-            filled.push_str(&rest[..start]);
-            rest = &rest[start..];
-            let Some(end) = rest.find('}') else { break };
-            match self.value_of(&rest[..=end]) {
-                Some(value) => {
+        while let Some(end) = rest.find('}') {
+            let candidate = &rest[..=end];
+            let found = candidate
+                .rfind('{')
+                .and_then(|start| Some((start, self.value_of(&candidate[start..])?)));
+            match found {
+                Some((start, value)) => {
+                    filled.push_str(&candidate[..start]);
                     filled.push_str(&value);
-                    rest = &rest[end + 1..];
                 }
-                // Not a placeholder: keep the brace, and look for one from the next character.
-                None => {
-                    filled.push('{');
-                    rest = &rest[1..];
-                }
+                None => filled.push_str(candidate),
             }
+            if filled.len() > MAX_FILLED_BYTES && filled.len() > text.len() {
+                return Err("the request is too large once its placeholders are filled");
+            }
+            rest = &rest[end + 1..];
         }
         filled.push_str(rest);
-        filled
+        Ok(filled)
     }
 
-    /// The value a placeholder stands for, noting that it was revealed; `None` leaves the text
-    /// as it is.
+    /// The value a placeholder stands for; `None` leaves the text as it is.
     fn value_of(&mut self, placeholder: &str) -> Option<String> {
         if placeholder == ACCESS_TOKEN_PLACEHOLDER {
             let Some(token) = self.token else {
                 return Some(String::new());
             };
             self.carried = Some(token.clone());
-            self.revealed.add(token.expose(), placeholder);
             return Some(token.expose().to_owned());
         }
         let name = placeholder.strip_prefix("{SETTING:")?.strip_suffix('}')?;
         let secret = self.secrets.iter().find(|s| s.name == name)?;
-        self.revealed.add(secret.value.expose(), placeholder);
         Some(secret.value.expose().to_owned())
     }
 }
@@ -261,30 +280,42 @@ fn decode_braces(text: &str) -> String {
         .replace("%7d", "}")
 }
 
-/// Decodes braces only where they enclose a placeholder, leaving other escapes alone.
+/// Decodes braces only where they enclose a placeholder (`%7BSETTING:key%7D`, any case),
+/// leaving other escapes alone; one pass.
 fn decode_braces_if_placeholder(text: &str) -> String {
-    let mut text = text.to_owned();
-    for (open, close) in [
-        ("%7B", "%7D"),
-        ("%7b", "%7d"),
-        ("%7B", "%7d"),
-        ("%7b", "%7D"),
-    ] {
-        text = text.replace(
-            &format!("{open}OAUTH_PLUGIN_ACCESS_TOKEN{close}"),
-            ACCESS_TOKEN_PLACEHOLDER,
-        );
-        while let Some(start) = text.find(&format!("{open}SETTING:")) {
-            let rest = &text[start + open.len()..];
-            let Some(end) = rest.find(close) else { break };
-            let inner = rest[..end].to_owned();
-            text.replace_range(
-                start..start + open.len() + end + close.len(),
-                &format!("{{{inner}}}"),
-            );
+    let mut decoded = String::with_capacity(text.len());
+    let mut rest = text;
+
+    while let Some(at) = find_escape(rest, "%7b") {
+        decoded.push_str(&rest[..at]);
+        let after = &rest[at + 3..];
+        let inner_len = after
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b':')
+            .count();
+        let inner = &after[..inner_len];
+        let closed = find_escape(&after[inner_len..], "%7d") == Some(0);
+        let is_placeholder = inner == "OAUTH_PLUGIN_ACCESS_TOKEN" || inner.starts_with("SETTING:");
+        if closed && is_placeholder {
+            decoded.push('{');
+            decoded.push_str(inner);
+            decoded.push('}');
+            rest = &after[inner_len + 3..];
+        } else {
+            decoded.push_str(&rest[at..at + 3]);
+            rest = after;
         }
     }
-    text
+    decoded.push_str(rest);
+    decoded
+}
+
+/// Where the escape `%xy` (given in lower case) first occurs in `text`, in any case.
+fn find_escape(text: &str, escape: &str) -> Option<usize> {
+    text.match_indices('%').map(|(at, _)| at).find(|&at| {
+        text.get(at..at + escape.len())
+            .is_some_and(|found| found.eq_ignore_ascii_case(escape))
+    })
 }
 
 /// The names in every `{SETTING:name}` of `text`.
@@ -528,39 +559,43 @@ mod tests {
     }
 
     #[test]
-    fn what_was_revealed_is_redacted_from_an_echo() {
+    fn the_calls_secrets_and_every_token_it_held_are_kept_out_of_answers() {
         let credentials = credentials(Some("tok-9f8e"));
-        let bearer = credentials
-            .prepare(
-                "https://api.example.com/",
-                &HeaderMap::new(),
-                "api.example.com",
-                443,
-            )
-            .unwrap();
-        let keyed = credentials
-            .prepare(
-                "https://keys.example.com/?k={SETTING:key}",
-                &HeaderMap::new(),
-                "keys.example.com",
-                443,
-            )
-            .unwrap();
-        let plain = credentials
-            .prepare(
-                "https://other.example.com/",
-                &HeaderMap::new(),
-                "other.example.com",
-                443,
-            )
-            .unwrap();
+        let redactions = credentials.redactions();
 
-        let echoed = bearer.revealed.apply(b"authorization: Bearer tok-9f8e");
+        let echoed = redactions
+            .apply(b"authorization: Bearer tok-9f8e; k=s3cret")
+            .unwrap();
         assert_eq!(
             &echoed[..],
-            b"authorization: Bearer {OAUTH_PLUGIN_ACCESS_TOKEN}"
+            b"authorization: Bearer {OAUTH_PLUGIN_ACCESS_TOKEN}; k={SETTING:key}"
         );
-        assert_eq!(&keyed.revealed.apply(b"k=s3cret")[..], b"k={SETTING:key}");
-        assert!(plain.revealed.is_empty());
+        assert!(Credentials::default().redactions().is_empty());
+    }
+
+    #[test]
+    fn braces_by_the_thousand_cost_one_pass_and_filled_size_is_bounded() {
+        let credentials = credentials(Some("tok"));
+        let braces = format!("{}{}", "{".repeat(200_000), "}");
+        let braced = headers(&[("x-braces", &braces)]);
+        let prepared = credentials
+            .prepare("https://api.example.com/", &braced, "api.example.com", 443)
+            .unwrap();
+        assert_eq!(prepared.headers["x-braces"], braces.as_str());
+        let escapes = "%7BSETTING:key%7D".repeat(20_000);
+        assert!(decode_braces_if_placeholder(&escapes).starts_with("{SETTING:key}{SETTING:key}"));
+
+        let long = Credentials::new(
+            HostPolicy::new(&["api.example.com"]),
+            Some(Secret("t".repeat(2048))),
+            None,
+            Vec::new(),
+        );
+        let many = "{OAUTH_PLUGIN_ACCESS_TOKEN}".repeat(100);
+        let many = headers(&[("x-many", &many)]);
+        assert!(
+            long.prepare("https://api.example.com/", &many, "api.example.com", 443)
+                .is_err()
+        );
     }
 }

@@ -167,12 +167,15 @@ impl WasiHttpHooks for EgressHooks {
 
         Box::new(async move {
             let Checked { url, plain_http } = checked?;
+            // Whatever the request carries, its answer is kept clean of all the call's secrets:
+            // one request may store a secret upstream and another read it back.
+            let redactions = credentials.redactions();
             let credentials = if plain_http {
                 Arc::default()
             } else {
                 credentials
             };
-            let response = forward(&egress, &credentials, &limits, request, url)
+            let response = forward(&egress, &credentials, &redactions, &limits, request, url)
                 .await
                 .inspect_err(|err| {
                     tracing::info!(plugin = %plugin, call, error = %err, "outgoing request failed")
@@ -183,11 +186,13 @@ impl WasiHttpHooks for EgressHooks {
 }
 
 /// Sends a checked request with the shared client, with the call's credentials in place, and
-/// streams the answer back within the body size caps. A 401 to a request that carried the
-/// user's token is retried once after a refresh; the body was buffered for that.
+/// streams the answer back within the body size caps, or reads it whole to redact it when the
+/// call holds secrets. A 401 to a request that carried the user's token is retried once after a
+/// refresh; the body was buffered for that.
 async fn forward(
     egress: &Egress,
     credentials: &Credentials,
+    redactions: &Redactions,
     limits: &CallLimits,
     request: http::Request<WasiBody>,
     url: Url,
@@ -207,7 +212,15 @@ async fn forward(
         let prepared = credentials
             .prepare(url.as_str(), &parts.headers, &host, port)
             .map_err(|reason| Error::InternalError(Some(reason.to_owned())))?;
-        let response = send(egress, limits, &parts.method, &prepared, body.clone()).await?;
+        let response = send(
+            egress,
+            limits,
+            &parts.method,
+            &prepared,
+            body.clone(),
+            !redactions.is_empty(),
+        )
+        .await?;
 
         if response.status() == reqwest::StatusCode::UNAUTHORIZED
             && !retried
@@ -217,10 +230,10 @@ async fn forward(
             retried = true;
             continue;
         }
-        if prepared.revealed.is_empty() {
+        if redactions.is_empty() {
             return stream_back(response, limit);
         }
-        return redacted_back(response, limit, &prepared.revealed).await;
+        return redacted_back(response, limit, redactions).await;
     }
 }
 
@@ -230,12 +243,13 @@ async fn send(
     method: &http::Method,
     prepared: &Prepared,
     body: Bytes,
+    uncompressed: bool,
 ) -> Result<reqwest::Response, Error> {
     let url = Url::parse(&prepared.uri).map_err(|_| Error::HttpRequestUriInvalid)?;
     let (target, client, overridden) = egress.route(&url);
     let mut headers = prepared.headers.clone();
-    if !prepared.revealed.is_empty() {
-        // A compressed echo would hide the secret from the redaction of the answer.
+    if uncompressed {
+        // A compressed echo would hide a secret from the redaction of the answer.
         headers.insert(
             http::header::ACCEPT_ENCODING,
             http::HeaderValue::from_static("identity"),
@@ -281,18 +295,25 @@ fn stream_back(
         .map_err(|err| Error::InternalError(Some(err.to_string())))
 }
 
-/// The answer to a request that carried a secret, read whole (within the cap) so that every
-/// echo of the secret can be replaced by its placeholder before the plugin sees it.
+/// The answer to a request of a call that holds secrets, read whole (within the cap) so that
+/// every spelling of a secret can be replaced by its placeholder before the plugin sees it. An
+/// answer compressed despite the request for an uncompressed one cannot be checked, and is
+/// refused.
 async fn redacted_back(
     response: reqwest::Response,
     limit: usize,
-    revealed: &Redactions,
+    redactions: &Redactions,
 ) -> Result<http::Response<WasiBody>, Error> {
-    let mut headers = response.headers().clone();
-    revealed.apply_to_headers(&mut headers);
-    // The body changes length; the guest reads it to the end instead.
-    headers.remove(http::header::CONTENT_LENGTH);
+    let encoded = response
+        .headers()
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|encoding| !encoding.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return Err(Error::HttpProtocolError);
+    }
     let status = response.status();
+    let mut headers = response.headers().clone();
+    redactions.apply_to_headers(&mut headers);
 
     let mut body = Vec::new();
     let mut chunks = response.bytes_stream();
@@ -302,13 +323,20 @@ async fn redacted_back(
         }
         body.extend_from_slice(&chunk);
     }
-    let body = Bytes::from(revealed.apply(&body).into_owned());
+    if let Some(redacted) = redactions.apply(&body) {
+        if redacted.len() > limit {
+            return Err(Error::HttpResponseBodySize(Some(limit as u64)));
+        }
+        // The body changed length; the guest reads it to its end instead.
+        headers.remove(http::header::CONTENT_LENGTH);
+        body = redacted;
+    }
 
     let mut builder = http::Response::builder().status(status);
     if let Some(builder_headers) = builder.headers_mut() {
         *builder_headers = headers;
     }
-    let body = http_body_util::Full::new(body).map_err(|never| match never {});
+    let body = http_body_util::Full::new(Bytes::from(body)).map_err(|never| match never {});
     builder
         .body(body.boxed_unsync())
         .map_err(|err| Error::InternalError(Some(err.to_string())))

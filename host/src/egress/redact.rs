@@ -1,105 +1,115 @@
-//! Keeps the secrets the host put into a request out of the answer the plugin reads.
+//! Keeps the secrets a call holds out of the answers the plugin reads.
 //!
-//! An API that echoes its request – a redirect to the same path with a slash added, an error
-//! that quotes the query, a debug endpoint that lists the headers – would otherwise hand the
-//! user's token or a secret setting to the plugin, which could then send it anywhere it may
-//! reach. Every spelling of a value the host revealed (as sent, percent-encoded, form-encoded,
-//! JSON-escaped) is replaced by its placeholder in the answer's headers and body.
+//! An API that echoes requests – a redirect to the same path with a slash added, an error that
+//! quotes the query, a debugging endpoint that lists the headers, a message stored and read back
+//! later – would otherwise hand the user's token or a secret setting to the plugin, which could
+//! then send it anywhere it may reach. So every answer of a call that holds a secret is read
+//! whole, and every spelling of every secret of the call (as sent, percent-encoded the ways
+//! common encoders do it, form-encoded, JSON- and HTML-escaped, in any letter case) is replaced
+//! by its placeholder, in the headers and the body, in one pass.
 
-use std::borrow::Cow;
-
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use http::{HeaderMap, HeaderValue};
-use memchr::memmem;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-/// What RFC 3986 leaves unescaped; every other byte is how a server may echo a value in a URL.
+/// What RFC 3986 leaves unescaped.
 const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
 
-/// The secret values revealed to one request, each spelling with the placeholder shown instead.
-#[derive(Default)]
+/// What Python's `quote` leaves unescaped by default: the unreserved set and `/`.
+const PATH_SAFE: &AsciiSet = &UNRESERVED.remove(b'/');
+
+/// What JavaScript's `encodeURIComponent` leaves unescaped.
+const URI_COMPONENT: &AsciiSet = &UNRESERVED
+    .remove(b'!')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'*');
+
+/// The secrets of one call, each spelling with the placeholder shown instead.
+#[derive(Clone, Default)]
 pub(super) struct Redactions {
-    /// (a spelling of a secret value, its placeholder)
-    spellings: Vec<(Vec<u8>, Vec<u8>)>,
+    spellings: Vec<Vec<u8>>,
+    placeholders: Vec<Vec<u8>>,
+    matcher: Option<AhoCorasick>,
 }
 
 impl Redactions {
-    /// Notes that `value` was put in the request where `placeholder` stood.
+    /// Adds `value`, to be shown as `placeholder` wherever an answer spells it.
     pub(super) fn add(&mut self, value: &str, placeholder: &str) {
         if value.is_empty() {
             return;
         }
-        let percent = utf8_percent_encode(value, UNRESERVED).to_string();
-        let spellings = [
-            value.to_owned(),
-            lowercase_escapes(&percent),
-            url::form_urlencoded::byte_serialize(value.as_bytes()).collect(),
-            value.replace('/', "\\/"),
-            percent,
-        ];
-        for spelling in spellings {
+        for spelling in spellings(value) {
             let spelling = spelling.into_bytes();
-            if !self.spellings.iter().any(|(known, _)| *known == spelling) {
-                self.spellings
-                    .push((spelling, placeholder.as_bytes().to_vec()));
+            if !self.spellings.contains(&spelling) {
+                self.spellings.push(spelling);
+                self.placeholders.push(placeholder.as_bytes().to_vec());
             }
         }
-        // Longer spellings first, so that one containing another is replaced whole.
-        self.spellings
-            .sort_by_key(|(spelling, _)| std::cmp::Reverse(spelling.len()));
+        // Leftmost-longest: where one spelling contains another, the whole one is replaced.
+        self.matcher = AhoCorasickBuilder::new()
+            .match_kind(MatchKind::LeftmostLongest)
+            .ascii_case_insensitive(true)
+            .build(&self.spellings)
+            .ok();
     }
 
-    /// Whether nothing secret went into the request.
+    /// Whether there is nothing to keep out.
     pub(super) fn is_empty(&self) -> bool {
         self.spellings.is_empty()
     }
 
-    /// `bytes` with every spelling of a revealed value replaced by its placeholder.
-    pub(super) fn apply<'a>(&self, bytes: &'a [u8]) -> Cow<'a, [u8]> {
-        let mut text = Cow::Borrowed(bytes);
-        for (spelling, placeholder) in &self.spellings {
-            if memmem::find(&text, spelling).is_none() {
-                continue;
-            }
-            let mut replaced = Vec::with_capacity(text.len());
-            let mut rest: &[u8] = &text;
-            while let Some(at) = memmem::find(rest, spelling) {
-                replaced.extend_from_slice(&rest[..at]);
-                replaced.extend_from_slice(placeholder);
-                rest = &rest[at + spelling.len()..];
-            }
-            replaced.extend_from_slice(rest);
-            text = Cow::Owned(replaced);
-        }
-        text
+    /// `bytes` with every spelling replaced by its placeholder, or `None` when none occurs.
+    pub(super) fn apply(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let matcher = self.matcher.as_ref()?;
+        matcher.find(bytes)?;
+        Some(matcher.replace_all_bytes(bytes, &self.placeholders))
     }
 
-    /// Redacts every header value in place.
+    /// Redacts every header value in place; a value that would no longer be valid is dropped.
     pub(super) fn apply_to_headers(&self, headers: &mut HeaderMap) {
-        for value in headers.values_mut() {
-            if let Cow::Owned(redacted) = self.apply(value.as_bytes())
-                && let Ok(redacted) = HeaderValue::from_bytes(&redacted)
-            {
-                *value = redacted;
+        let mut redacted = HeaderMap::with_capacity(headers.len());
+        for (name, value) in headers.iter() {
+            match self.apply(value.as_bytes()) {
+                None => {
+                    redacted.append(name.clone(), value.clone());
+                }
+                Some(bytes) => {
+                    if let Ok(value) = HeaderValue::from_bytes(&bytes) {
+                        redacted.append(name.clone(), value);
+                    }
+                }
             }
         }
+        *headers = redacted;
     }
 }
 
-/// Percent-encoded text with lower-case hex digits, as some servers echo it.
-fn lowercase_escapes(encoded: &str) -> String {
-    let mut out = String::with_capacity(encoded.len());
-    let mut chars = encoded.chars();
-    while let Some(c) = chars.next() {
-        out.push(c);
-        if c == '%' {
-            out.extend(chars.by_ref().take(2).map(|h| h.to_ascii_lowercase()));
-        }
-    }
-    out
+/// The ways a server may write `value` back.
+fn spellings(value: &str) -> Vec<String> {
+    let html = value
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;");
+    let json = serde_json::to_string(value).unwrap_or_default();
+    let json = json.trim_matches('"');
+    vec![
+        value.to_owned(),
+        utf8_percent_encode(value, UNRESERVED).to_string(),
+        utf8_percent_encode(value, PATH_SAFE).to_string(),
+        utf8_percent_encode(value, URI_COMPONENT).to_string(),
+        url::form_urlencoded::byte_serialize(value.as_bytes()).collect(),
+        json.to_owned(),
+        json.replace('/', "\\/"),
+        html,
+    ]
 }
 
 #[cfg(test)]
@@ -112,31 +122,54 @@ mod tests {
         redactions
     }
 
+    fn redacted(redactions: &Redactions, text: &str) -> String {
+        let bytes = redactions
+            .apply(text.as_bytes())
+            .unwrap_or_else(|| text.as_bytes().to_vec());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
     #[test]
     fn every_spelling_of_the_value_becomes_the_placeholder() {
-        let redactions = redactions("ya29.a/b+c=");
+        let redactions = redactions("ya29.a/b+c=\"d");
         for echoed in [
-            "GET /x/ya29.a/b+c= not found",
-            "location: /x/ya29.a%2Fb%2Bc%3D/",
-            "location: /x/ya29.a%2fb%2bc%3d/",
-            "q=ya29.a%2Fb%2Bc%3D",
-            r#"{"path": "/x/ya29.a\/b+c="}"#,
+            "GET /x/ya29.a/b+c=\"d not found",
+            "location: /x/ya29.a%2Fb%2Bc%3D%22d/",
+            "location: /x/ya29.a%2fb%2bc%3d%22d/",
+            "q=ya29.a/b%2Bc%3D%22d",
+            "q=ya29.a%2Fb%2Bc%3D%22d",
+            r#"{"path": "/x/ya29.a\/b+c=\"d"}"#,
+            r#"{"path": "/x/ya29.a/b+c=\"d"}"#,
+            "<p>ya29.a/b+c=&quot;d</p>",
+            "YA29.A/B+C=\"D",
         ] {
-            let redacted = redactions.apply(echoed.as_bytes());
-            let redacted = String::from_utf8_lossy(&redacted);
+            let redacted = redacted(&redactions, echoed);
             assert!(
                 redacted.contains("{OAUTH_PLUGIN_ACCESS_TOKEN}"),
                 "{echoed} -> {redacted}"
             );
-            assert!(!redacted.contains("ya29.a"), "{echoed} -> {redacted}");
+            assert!(
+                !redacted.to_ascii_lowercase().contains("ya29.a"),
+                "{echoed} -> {redacted}"
+            );
         }
     }
 
     #[test]
     fn an_answer_without_the_value_is_left_as_it_is() {
         let redactions = redactions("tok-123");
-        let answer = br#"{"ok": true, "tok": 123}"#;
-        assert!(matches!(redactions.apply(answer), Cow::Borrowed(_)));
+        assert!(redactions.apply(br#"{"ok": true, "tok": 123}"#).is_none());
+    }
+
+    #[test]
+    fn each_secret_is_replaced_by_its_own_placeholder_in_one_pass() {
+        let mut redactions = redactions("tok-123");
+        // A secret that is part of a placeholder is not found again in what was put in.
+        redactions.add("PLUGIN", "{SETTING:short}");
+        assert_eq!(
+            redacted(&redactions, "a tok-123 b PLUGIN"),
+            "a {OAUTH_PLUGIN_ACCESS_TOKEN} b {SETTING:short}"
+        );
     }
 
     #[test]
@@ -163,7 +196,6 @@ mod tests {
 
     #[test]
     fn an_empty_value_redacts_nothing() {
-        let redactions = redactions("");
-        assert!(redactions.is_empty());
+        assert!(redactions("").is_empty());
     }
 }
