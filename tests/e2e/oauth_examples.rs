@@ -215,7 +215,7 @@ impl Session {
             .get_all("set-cookie")
             .iter()
             .filter_map(|value| value.to_str().ok())
-            .find(|cookie| cookie.starts_with("keyhole_oauth="))
+            .find(|cookie| cookie.starts_with("keyhole_oauth_"))
             .map(str::to_lowercase)
             .context("the link sets the keyhole_oauth cookie")?;
         for attribute in ["httponly", "samesite=lax", "path=/oauth"] {

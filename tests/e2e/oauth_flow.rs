@@ -213,7 +213,7 @@ impl Flow {
             .unwrap_or_default()
             .to_owned();
         ensure!(
-            cookie.starts_with("keyhole_oauth="),
+            cookie.starts_with("keyhole_oauth_") && cookie.contains('='),
             "unexpected cookie `{cookie}`"
         );
 
@@ -292,7 +292,7 @@ impl Flow {
 }
 
 /// Where a browser stopped, back from the provider: the callback URL, and the flow cookie Keyhole
-/// gave it, as `keyhole_oauth=...`.
+/// gave it, as `keyhole_oauth_<id>=<value>`.
 struct Trip {
     url: Url,
     cookie: String,
@@ -660,9 +660,13 @@ async fn a_callback_from_another_browser_is_refused() -> Result<()> {
         .await?;
 
     let no_cookie = flow.callback(&without_cookie, None).await?;
-    let wrong_cookie = flow
-        .callback(&with_wrong_cookie, Some("keyhole_oauth=0123456789abcdef"))
-        .await?;
+    // The right cookie's name, with another value: a cookie from another browser's flow.
+    let (name, _) = with_wrong_cookie
+        .cookie
+        .split_once('=')
+        .context("a name=value cookie")?;
+    let forged = format!("{name}=0123456789abcdef");
+    let wrong_cookie = flow.callback(&with_wrong_cookie, Some(&forged)).await?;
 
     assert_eq!(no_cookie.status, StatusCode::BAD_REQUEST, "{no_cookie}");
     assert!(no_cookie.text.contains("another browser"), "{no_cookie}");
@@ -673,6 +677,28 @@ async fn a_callback_from_another_browser_is_refused() -> Result<()> {
     );
     assert_eq!(flow.token_requests("authorization_code").await?, 0);
     assert!(flow.connections(&flow.key, "alice").await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_browser_can_have_two_authorizations_under_way() -> Result<()> {
+    let flow = Flow::start(LONG_TTL).await?;
+    let first = flow
+        .trip(&authorize_url(&flow.invoke("alice", "me").await?)?)
+        .await?;
+    let second = flow
+        .trip(&authorize_url(&flow.invoke("bob", "me").await?)?)
+        .await?;
+    // The browser holds both flows' cookies and sends both back with each callback.
+    let both = format!("{}; {}", first.cookie, second.cookie);
+
+    let finished_first = flow.callback(&first, Some(&both)).await?;
+    let finished_second = flow.callback(&second, Some(&both)).await?;
+
+    assert_eq!(finished_first.status, StatusCode::OK, "{finished_first}");
+    assert_eq!(finished_second.status, StatusCode::OK, "{finished_second}");
+    api_answer(&flow.invoke("alice", "me").await?)?;
+    api_answer(&flow.invoke("bob", "me").await?)?;
     Ok(())
 }
 
@@ -901,7 +927,7 @@ async fn the_server_log_holds_no_secret_code_state_or_link() -> Result<()> {
     let logs = flow.keyhole.logs().text();
 
     let link_token = link.rsplit('/').next().unwrap_or_default();
-    let cookie_value = trip.cookie.trim_start_matches("keyhole_oauth=");
+    let (_, cookie_value) = trip.cookie.split_once('=').unwrap_or_default();
     let secrets = [
         ("client secret", flow.client_secret.as_str()),
         ("code", &trip.param("code")?),

@@ -10,9 +10,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::extract::ApiPath;
-use crate::oauth::FlowError;
-
-const COOKIE_NAME: &str = "keyhole_oauth";
+use crate::oauth::{FlowError, flow_cookie_name};
 
 /// `GET /oauth/authorize/{link}`: starts the flow and sends the browser to the provider.
 pub(super) async fn authorize(
@@ -20,7 +18,7 @@ pub(super) async fn authorize(
     ApiPath(link): ApiPath<String>,
 ) -> Response {
     match start(&state, &link) {
-        Ok((redirect_to, cookie)) => {
+        Ok((redirect_to, cookie_name, cookie)) => {
             let secure = if state.oauth.is_https() {
                 "; Secure"
             } else {
@@ -28,7 +26,7 @@ pub(super) async fn authorize(
             };
             let ttl = state.oauth.flow_ttl_secs();
             let cookie = format!(
-                "{COOKIE_NAME}={cookie}; HttpOnly; SameSite=Lax; Path=/oauth; Max-Age={ttl}{secure}"
+                "{cookie_name}={cookie}; HttpOnly; SameSite=Lax; Path=/oauth; Max-Age={ttl}{secure}"
             );
             let mut headers = HeaderMap::new();
             headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -50,7 +48,8 @@ pub(super) async fn authorize(
     }
 }
 
-fn start(state: &AppState, token: &str) -> Result<(String, String), FlowError> {
+/// Starts the flow of a link: where to send the browser, the cookie's name and its value.
+fn start(state: &AppState, token: &str) -> Result<(String, String, String), FlowError> {
     let link = state.oauth.peek_link(token)?;
     let plugin = state
         .registry
@@ -66,7 +65,7 @@ fn start(state: &AppState, token: &str) -> Result<(String, String), FlowError> {
     let link = state.oauth.open_link(token)?;
     let started = state.oauth.begin(&link, &spec, &client)?;
     tracing::info!(plugin = %link.plugin, tenant = %link.tenant, user = %link.user, "authorization started");
-    Ok((started.redirect_to, started.cookie))
+    Ok((started.redirect_to, started.cookie_name, started.cookie))
 }
 
 #[derive(Deserialize)]
@@ -101,9 +100,10 @@ async fn finish(
     callback: Callback,
 ) -> Result<String, FlowError> {
     let flow_state = callback.state.ok_or(FlowError::Missing("state"))?;
-    let flow = state
-        .oauth
-        .take_flow(&flow_state, cookie(headers).as_deref())?;
+    let flow = state.oauth.take_flow(
+        &flow_state,
+        cookie(headers, &flow_cookie_name(&flow_state)).as_deref(),
+    )?;
     if let Some(error) = callback.error {
         tracing::info!(plugin = %flow.plugin, tenant = %flow.tenant, user = %flow.user, "the provider did not authorize");
         let error: String = error
@@ -129,7 +129,8 @@ async fn finish(
     Ok(plugin.description().name.clone())
 }
 
-fn cookie(headers: &HeaderMap) -> Option<String> {
+/// The value of the request's cookie `wanted`.
+fn cookie(headers: &HeaderMap, wanted: &str) -> Option<String> {
     headers
         .get_all(COOKIE)
         .iter()
@@ -137,7 +138,7 @@ fn cookie(headers: &HeaderMap) -> Option<String> {
         .flat_map(|value| value.split(';'))
         .find_map(|pair| {
             let (name, value) = pair.trim().split_once('=')?;
-            (name == COOKIE_NAME).then(|| value.to_owned())
+            (name == wanted).then(|| value.to_owned())
         })
 }
 

@@ -94,8 +94,17 @@ impl PendingFlow {
 pub struct Started {
     /// The provider's authorization URL with every parameter.
     pub redirect_to: String,
+    /// The name of the flow's cookie: see [`flow_cookie_name`].
+    pub cookie_name: String,
     /// The value of the flow's cookie.
     pub cookie: String,
+}
+
+/// The name of the cookie that binds the flow of `state` to its browser. Each flow has its own,
+/// derived from its state, so that a browser can have several authorizations under way (two
+/// links opened one after the other) without the second overwriting the first one's cookie.
+pub fn flow_cookie_name(state: &str) -> String {
+    format!("keyhole_oauth_{}", &sha256_hex(state)[..16])
 }
 
 fn random_token() -> String {
@@ -198,6 +207,7 @@ impl OAuth {
 
         Ok(Started {
             redirect_to: url.to_string(),
+            cookie_name: flow_cookie_name(state.secret()),
             cookie,
         })
     }
