@@ -529,33 +529,32 @@ mod tests {
         assert!(prepared.carried.is_none());
     }
 
+    /// The URL of a request to api.example.com without headers, once filled.
+    fn filled_api_url(credentials: &Credentials, uri: &str) -> String {
+        credentials
+            .prepare(uri, &HeaderMap::new(), "api.example.com", 443)
+            .unwrap()
+            .uri
+    }
+
     #[test]
     fn a_token_spelling_a_placeholder_pulls_in_no_secret() {
         let credentials = credentials(Some("{SETTING:key}"));
-        let prepared = credentials
-            .prepare(
-                "https://api.example.com/?t={OAUTH_PLUGIN_ACCESS_TOKEN}",
-                &HeaderMap::new(),
-                "api.example.com",
-                443,
-            )
-            .unwrap();
-        assert_eq!(prepared.uri, "https://api.example.com/?t={SETTING:key}");
-        assert!(!prepared.uri.contains("s3cret"));
+        let uri = filled_api_url(
+            &credentials,
+            "https://api.example.com/?t={OAUTH_PLUGIN_ACCESS_TOKEN}",
+        );
+        assert_eq!(uri, "https://api.example.com/?t={SETTING:key}");
     }
 
     #[test]
     fn a_placeholder_after_a_stray_brace_is_still_filled() {
         let credentials = credentials(Some("tok"));
-        let prepared = credentials
-            .prepare(
-                "https://api.example.com/?q={a{OAUTH_PLUGIN_ACCESS_TOKEN}}",
-                &HeaderMap::new(),
-                "api.example.com",
-                443,
-            )
-            .unwrap();
-        assert_eq!(prepared.uri, "https://api.example.com/?q={atok}");
+        let uri = filled_api_url(
+            &credentials,
+            "https://api.example.com/?q={a{OAUTH_PLUGIN_ACCESS_TOKEN}}",
+        );
+        assert_eq!(uri, "https://api.example.com/?q={atok}");
     }
 
     #[test]
