@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Db, Transactional, Tree};
+use tokio::runtime::RuntimeFlavor;
 
 use super::{ApiKeyRecord, CompiledArtifact, PluginRecord, Space, Store, StoreError};
 
@@ -64,8 +65,18 @@ impl SledStore {
         }
     }
 
+    /// Flushes to disk, then answers `value`. The flush waits for an fsync; on a worker of a
+    /// multi-threaded tokio runtime it tells the runtime so, which moves the worker's other
+    /// tasks elsewhere instead of stalling them behind the disk.
     fn flushed<T>(&self, value: T) -> Result<T, StoreError> {
-        self.db.flush().map_err(engine)?;
+        let flush = || self.db.flush().map_err(engine);
+        let on_worker = tokio::runtime::Handle::try_current()
+            .is_ok_and(|runtime| runtime.runtime_flavor() == RuntimeFlavor::MultiThread);
+        if on_worker {
+            tokio::task::block_in_place(flush)?;
+        } else {
+            flush()?;
+        }
         Ok(value)
     }
 }
