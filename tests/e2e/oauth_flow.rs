@@ -699,6 +699,20 @@ async fn one_browser_can_have_two_authorizations_under_way() -> Result<()> {
     assert_eq!(finished_second.status, StatusCode::OK, "{finished_second}");
     api_answer(&flow.invoke("alice", "me").await?)?;
     api_answer(&flow.invoke("bob", "me").await?)?;
+    // Each finished flow tells the browser to drop its cookie, and only that one.
+    let (first_name, _) = first
+        .cookie
+        .split_once('=')
+        .context("a name=value cookie")?;
+    let cleared = finished_first
+        .headers
+        .get(SET_COOKIE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        cleared.starts_with(&format!("{first_name}=;")) && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
     Ok(())
 }
 

@@ -75,13 +75,15 @@ pub(super) struct Callback {
     error: Option<String>,
 }
 
-/// `GET /oauth/callback`: the browser, back from the provider.
+/// `GET /oauth/callback`: the browser, back from the provider. Whatever the outcome, the flow
+/// is over and the browser is told to drop its cookie.
 pub(super) async fn callback(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(callback): Query<Callback>,
 ) -> Response {
-    match finish(&state, &headers, callback).await {
+    let cookie_name = callback.state.as_deref().map(flow_cookie_name);
+    let mut response = match finish(&state, &headers, callback).await {
         Ok(plugin_name) => page(
             StatusCode::OK,
             "Account connected",
@@ -91,7 +93,19 @@ pub(super) async fn callback(
             ),
         ),
         Err(err) => flow_error_page(&err),
+    };
+    let secure = if state.oauth.is_https() {
+        "; Secure"
+    } else {
+        ""
+    };
+    let expired = cookie_name
+        .map(|name| format!("{name}=; HttpOnly; SameSite=Lax; Path=/oauth; Max-Age=0{secure}"))
+        .and_then(|cookie| HeaderValue::from_str(&cookie).ok());
+    if let Some(expired) = expired {
+        response.headers_mut().insert(SET_COOKIE, expired);
     }
+    response
 }
 
 async fn finish(

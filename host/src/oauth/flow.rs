@@ -135,7 +135,7 @@ impl OAuth {
             plugin: who.plugin.clone(),
             tenant: who.tenant.clone(),
             user: who.user.clone(),
-            expires_at: now_unix() + self.flow_ttl_secs,
+            expires_at: now_unix().saturating_add(self.flow_ttl_secs),
         };
         let bytes = serde_json::to_vec(&record).expect("records serialize");
         self.store.put(Space::Links, &sha256_hex(&link), &bytes)?;
@@ -197,7 +197,7 @@ impl OAuth {
             user: link.user.clone(),
             verifier,
             browser_sha256: sha256_hex(&cookie),
-            expires_at: now_unix() + self.flow_ttl_secs,
+            expires_at: now_unix().saturating_add(self.flow_ttl_secs),
         };
         let key = sha256_hex(state.secret());
         let json = serde_json::to_vec(&flow).expect("records serialize");
