@@ -204,12 +204,14 @@ impl Session {
             .redirect(Policy::none())
             .build()?;
         let link = Url::parse(link).context("the authorize_url is a URL")?;
-        let started = browser
-            .get(format!("{}{}", self.keyhole.base_url(), link.path()))
-            .reply()
-            .await?;
+        let opened = format!("{}{}", self.keyhole.base_url(), link.path());
+        let page = browser.get(&opened).reply().await?;
+        self.record(&page);
+        assert_eq!(page.status.as_u16(), 200, "{page}");
+        assert!(page.text.contains(r#"<form method="post">"#), "{page}");
+        let started = browser.post(&opened).reply().await?;
         self.record(&started);
-        assert_eq!(started.status.as_u16(), 302, "{started}");
+        assert_eq!(started.status.as_u16(), 303, "{started}");
         let cookie = started
             .headers
             .get_all("set-cookie")

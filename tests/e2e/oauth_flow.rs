@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use futures::future::join_all;
-use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use reqwest::header::{COOKIE, LOCATION, ORIGIN, SET_COOKIE};
 use reqwest::redirect::Policy;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -25,7 +25,7 @@ use url::{Position, Url};
 
 use crate::harness::{
     ApiKey, KEYHOLE, Keyhole, OAuthServer, Reply, ReplyExt, contains, files_under,
-    follow_authorization, guests, remove_keyhole_env,
+    follow_authorization, guests, open_link, remove_keyhole_env,
 };
 
 /// The plugin's id, for both builds.
@@ -197,9 +197,9 @@ impl Flow {
             .timeout(Duration::from_secs(30))
             .build()?;
 
-        let opened = browser.get(link).send().await?;
+        let opened = open_link(&browser, &Url::parse(link)?).await?;
         ensure!(
-            opened.status() == StatusCode::FOUND,
+            opened.status() == StatusCode::SEE_OTHER,
             "opening the link answered HTTP {}",
             opened.status()
         );
@@ -587,10 +587,14 @@ async fn an_authorization_link_works_once() -> Result<()> {
         .timeout(Duration::from_secs(30))
         .build()?;
 
-    let first = browser.get(&link).send().await?;
-    let second = browser.get(&link).send().await?;
+    let link = Url::parse(&link)?;
+    // Fetched before anyone clicks, as a chat app that previews links does: nothing is used up.
+    let previewed = browser.get(link.clone()).send().await?;
+    let first = open_link(&browser, &link).await?;
+    let second = open_link(&browser, &link).await?;
 
-    assert_eq!(first.status(), StatusCode::FOUND);
+    assert_eq!(previewed.status(), StatusCode::OK);
+    assert_eq!(first.status(), StatusCode::SEE_OTHER);
     let location = first
         .headers()
         .get(LOCATION)
@@ -602,6 +606,38 @@ async fn an_authorization_link_works_once() -> Result<()> {
     );
     assert_eq!(second.status(), StatusCode::GONE);
     assert!(second.text().await?.contains("<html"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_form_posted_from_another_site_starts_no_flow() -> Result<()> {
+    let flow = Flow::start(LONG_TTL).await?;
+    let link = Url::parse(&authorize_url(&flow.invoke("alice", "me").await?)?)?;
+    let browser = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()?;
+
+    let forged = browser
+        .post(link.clone())
+        .header(ORIGIN, "https://evil.example")
+        .send()
+        .await?;
+    let cross_site = browser
+        .post(link.clone())
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await?;
+    let from_its_page = browser
+        .post(link.clone())
+        .header(ORIGIN, flow.keyhole.base_url())
+        .send()
+        .await?;
+
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    assert_eq!(cross_site.status(), StatusCode::FORBIDDEN);
+    // The refusals used nothing up: the button on Keyhole's own page still works.
+    assert_eq!(from_its_page.status(), StatusCode::SEE_OTHER);
     Ok(())
 }
 
@@ -1035,10 +1071,10 @@ async fn behind_an_https_public_url_links_redirects_and_the_cookie_follow_it() -
         .redirect(Policy::none())
         .build()?;
     let opened = browser
-        .get(format!("{}{path}", flow.keyhole.base_url()))
+        .post(format!("{}{path}", flow.keyhole.base_url()))
         .reply()
         .await?;
-    assert_eq!(opened.status, StatusCode::FOUND, "{opened}");
+    assert_eq!(opened.status, StatusCode::SEE_OTHER, "{opened}");
     let cookie = opened.header("set-cookie").context("no cookie")?;
     for attribute in ["HttpOnly", "SameSite=Lax", "Secure", "Path=/oauth"] {
         assert!(cookie.contains(attribute), "{cookie} lacks {attribute}");

@@ -70,7 +70,10 @@ pub fn router(state: AppState) -> Router {
             "/admin/plugins/{id}/oauth-client",
             put(admin::put_oauth_client).delete(admin::delete_oauth_client),
         )
-        .route("/oauth/authorize/{link}", get(oauth::authorize))
+        .route(
+            "/oauth/authorize/{link}",
+            get(oauth::confirm).post(oauth::authorize),
+        )
         .route("/oauth/callback", get(oauth::callback))
         .route("/v1/users/{user}/connections", get(v1::list_connections))
         .route(

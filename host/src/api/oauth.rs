@@ -1,22 +1,67 @@
 //! `/oauth`: the end user's browser during authorization. No credentials: the link and the
 //! flow's cookie are the capability. Answers are small HTML pages; nothing on them echoes a
-//! parameter, and the route pattern, not the URI (whose query holds the code), is what is logged.
+//! request parameter (the confirmation page shows the link's own plugin, provider and user,
+//! escaped), and the route pattern, not the URI (whose query holds the code), is what is logged.
+
+use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::header::{CACHE_CONTROL, COOKIE, LOCATION, SET_COOKIE};
+use axum::http::header::{CACHE_CONTROL, COOKIE, LOCATION, ORIGIN, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
+use url::Url;
 
 use super::AppState;
 use super::extract::ApiPath;
-use crate::oauth::{FlowError, flow_cookie_name};
+use crate::description::OAuthSpec;
+use crate::oauth::{FlowError, LinkRecord, OAuthClient, flow_cookie_name};
 
-/// `GET /oauth/authorize/{link}`: starts the flow and sends the browser to the provider.
-pub(super) async fn authorize(
+/// `GET /oauth/authorize/{link}`: a page saying what the user is about to connect, with one
+/// button that starts the flow. Opening the link uses nothing up, so a chat app that fetches
+/// links to preview them does not spend the user's link; and the user sees which plugin, which
+/// provider and which user name the account will be connected to before anything starts.
+pub(super) async fn confirm(
     State(state): State<AppState>,
     ApiPath(link): ApiPath<String>,
 ) -> Response {
+    match prepare(&state, &link) {
+        Ok(ready) => {
+            let provider = Url::parse(&ready.spec.authorization_url)
+                .ok()
+                .and_then(|url| url.host_str().map(str::to_owned))
+                .unwrap_or_default();
+            let body = format!(
+                "<p>{plugin} asks to act on your account at <b>{provider}</b>, for the user \
+                 <b>{user}</b>.</p><p>Continue to sign in there and approve it. You will come \
+                 back here afterwards.</p><form method=\"post\"><button type=\"submit\">\
+                 Continue to {provider}</button></form>",
+                plugin = escape(&ready.plugin_name),
+                provider = escape(&provider),
+                user = escape(&ready.link.user),
+            );
+            page_with(StatusCode::OK, "Connect your account", &body)
+        }
+        Err(err) => flow_error_page(&err),
+    }
+}
+
+/// `POST /oauth/authorize/{link}`: the button of the page above. Uses the link up, starts the
+/// flow, gives the browser the flow's cookie and sends it to the provider. A form posted from
+/// another site is refused: a page elsewhere must not start a flow in the user's browser
+/// without the user seeing this one.
+pub(super) async fn authorize(
+    State(state): State<AppState>,
+    ApiPath(link): ApiPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !same_origin(&state, &headers) {
+        return page(
+            StatusCode::FORBIDDEN,
+            "Not connected",
+            "This authorization was not started from Keyhole's own page. Open the link again.",
+        );
+    }
     match start(&state, &link) {
         Ok((redirect_to, cookie_name, cookie)) => {
             let secure = if state.oauth.is_https() {
@@ -36,7 +81,7 @@ pub(super) async fn authorize(
             ) {
                 headers.insert(LOCATION, location);
                 headers.insert(SET_COOKIE, cookie);
-                return (StatusCode::FOUND, headers).into_response();
+                return (StatusCode::SEE_OTHER, headers).into_response();
             }
             page(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -48,8 +93,28 @@ pub(super) async fn authorize(
     }
 }
 
-/// Starts the flow of a link: where to send the browser, the cookie's name and its value.
-fn start(state: &AppState, token: &str) -> Result<(String, String, String), FlowError> {
+/// Whether a form post comes from this server's own pages, as far as the browser says: by
+/// `Origin`, or by `Sec-Fetch-Site` when there is no `Origin`. A client that sends neither is
+/// not a browser acting for a third-party page.
+fn same_origin(state: &AppState, headers: &HeaderMap) -> bool {
+    if let Some(origin) = headers.get(ORIGIN) {
+        return origin.as_bytes() == state.oauth.public_origin().as_bytes();
+    }
+    headers
+        .get("sec-fetch-site")
+        .is_none_or(|site| site.as_bytes() == b"same-origin" || site.as_bytes() == b"none")
+}
+
+/// A link that can start a flow now, and what it needs for that.
+struct Ready {
+    link: LinkRecord,
+    plugin_name: String,
+    spec: Arc<OAuthSpec>,
+    client: OAuthClient,
+}
+
+/// Checks, without using it up, that the link is live and its plugin has an active client.
+fn prepare(state: &AppState, token: &str) -> Result<Ready, FlowError> {
     let link = state.oauth.peek_link(token)?;
     let plugin = state
         .registry
@@ -61,9 +126,20 @@ fn start(state: &AppState, token: &str) -> Result<(String, String, String), Flow
         .client(&link.plugin)?
         .filter(|client| client.is_active(&spec))
         .ok_or(FlowError::NotConfigured)?;
+    Ok(Ready {
+        plugin_name: plugin.description().name.clone(),
+        link,
+        spec,
+        client,
+    })
+}
+
+/// Starts the flow of a link: where to send the browser, the cookie's name and its value.
+fn start(state: &AppState, token: &str) -> Result<(String, String, String), FlowError> {
+    let ready = prepare(state, token)?;
     // Taken only now, once the flow can start; a concurrent opening of the same link loses here.
     let link = state.oauth.open_link(token)?;
-    let started = state.oauth.begin(&link, &spec, &client)?;
+    let started = state.oauth.begin(&link, &ready.spec, &ready.client)?;
     tracing::info!(plugin = %link.plugin, tenant = %link.tenant, user = %link.user, "authorization started");
     Ok((started.redirect_to, started.cookie_name, started.cookie))
 }
@@ -172,12 +248,16 @@ fn flow_error_page(err: &FlowError) -> Response {
 }
 
 fn page(status: StatusCode, title: &str, message: &str) -> Response {
+    page_with(status, title, &format!("<p>{}</p>", escape(message)))
+}
+
+/// A small page around `body`, which must already be HTML with every value escaped.
+fn page_with(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\
          <meta name=\"viewport\" content=\"width=device-width\"></head>\
          <body style=\"font-family: sans-serif; max-width: 36em; margin: 4em auto\">\
-         <h1>{title}</h1><p>{}</p></body></html>",
-        escape(message)
+         <h1>{title}</h1>{body}</body></html>"
     );
     let mut response = (status, Html(html)).into_response();
     response

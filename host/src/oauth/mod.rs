@@ -27,7 +27,7 @@ use crate::vault::{Vault, VaultError};
 
 pub use client::OAuthClient;
 pub use connections::{ConnectionRef, ConnectionView};
-pub use flow::{FlowError, PendingFlow, flow_cookie_name};
+pub use flow::{FlowError, LinkRecord, PendingFlow, flow_cookie_name};
 
 /// How long an authorization link, and the flow it starts, stay valid, unless configured.
 pub const DEFAULT_FLOW_TTL_SECS: u64 = 10 * 60;
@@ -96,6 +96,11 @@ impl OAuth {
     /// Whether the flow's cookie must be `Secure`.
     pub fn is_https(&self) -> bool {
         self.public_url.scheme() == "https"
+    }
+
+    /// The origin users' browsers reach the server at, as they write it in `Origin`.
+    pub fn public_origin(&self) -> String {
+        self.public_url.origin().ascii_serialization()
     }
 
     fn url(&self, path: &str) -> String {

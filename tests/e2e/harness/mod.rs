@@ -15,7 +15,7 @@ use anyhow::Result;
 use serde_json::json;
 
 pub(crate) use guests::{Guests, guests};
-pub(crate) use oauth_server::{OAuthServer, follow_authorization};
+pub(crate) use oauth_server::{OAuthServer, follow_authorization, open_link};
 pub(crate) use providers::{
     GITHUB_ACCESS_TOKEN, GITHUB_REPOSITORY, GOOGLE_ACCESS_TOKEN, GOOGLE_REFRESH_TOKEN,
     SLACK_UNKNOWN_CHANNEL, SLACK_USER_TOKEN,

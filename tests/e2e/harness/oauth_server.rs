@@ -136,8 +136,24 @@ impl OAuthServer {
     }
 }
 
-/// Plays the user's browser from `authorize_url` on: a cookie jar, and each redirect followed by
-/// hand, at most 15. A URL whose origin is a key of `origin_map` is requested at the mapped
+/// Opens an authorization link as its user would: loads Keyhole's page, checks that it offers
+/// the button that starts the flow, and presses it. Answers Keyhole's answer to the button (a
+/// redirect to the provider, or a page saying why not), or the page itself when it has no button.
+pub(crate) async fn open_link(browser: &reqwest::Client, link: &Url) -> Result<reqwest::Response> {
+    let page = browser.get(link.clone()).send().await?;
+    if page.status() != reqwest::StatusCode::OK {
+        return Ok(page);
+    }
+    let html = page.text().await?;
+    ensure!(
+        html.contains(r#"<form method="post">"#),
+        "the link's page offers no button: {html}"
+    );
+    Ok(browser.post(link.clone()).send().await?)
+}
+
+/// Plays the user's browser from `authorize_url` on: a cookie jar, Keyhole's page with its button
+/// pressed ([`open_link`]), then each redirect followed by hand, at most 15. A URL whose origin is a key of `origin_map` is requested at the mapped
 /// origin instead, path and query kept, such as `("https://auth.oidc.test",
 /// "http://127.0.0.1:4242")`. Returns the first response that is not a redirect.
 ///
@@ -156,12 +172,10 @@ pub(crate) async fn follow_authorization(
 
     // Queries hold codes and state; error messages show each hop without its query.
     let mut trail = Vec::new();
+    let mut response = open_link(&browser, &url)
+        .await
+        .with_context(|| format!("opening {} failed", without_query(&url)))?;
     for _ in 0..=MAX_REDIRECTS {
-        let response = browser
-            .get(url.clone())
-            .send()
-            .await
-            .with_context(|| format!("GET {} failed", without_query(&url)))?;
         let status = response.status();
         trail.push(format!("{} {}", status.as_u16(), without_query(&url)));
         if !status.is_redirection() {
@@ -175,6 +189,11 @@ pub(crate) async fn follow_authorization(
             .to_str()
             .context("the Location header is not text")?;
         url = map_origin(url.join(location)?, origin_map)?;
+        response = browser
+            .get(url.clone())
+            .send()
+            .await
+            .with_context(|| format!("GET {} failed", without_query(&url)))?;
     }
     bail!(
         "still redirected after {MAX_REDIRECTS} redirects: {}",
