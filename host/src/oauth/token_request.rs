@@ -78,10 +78,7 @@ impl OAuth {
                 .body(json(&params)),
         };
 
-        let response = request
-            .send()
-            .await
-            .map_err(|err| OAuthError::Transport(without_url(err)))?;
+        let response = send_once_more_if_stale(request).await?;
         let status = response.status().as_u16();
         let content_type = response
             .headers()
@@ -169,6 +166,41 @@ fn json(params: &[(&str, &str)]) -> String {
 }
 
 /// A client error's message without its URL, whose query could hold a code.
+/// Sends a token request, and sends it once more when the pooled connection it went out on
+/// turned out closed before any answer came: providers close idle keep-alive connections (Node
+/// after 5 s), and one closed just as it is reused never saw the request. A refresh token is
+/// therefore not spent by the first attempt.
+async fn send_once_more_if_stale(
+    request: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, OAuthError> {
+    let again = request.try_clone();
+    match (request.send().await, again) {
+        (Ok(response), _) => Ok(response),
+        (Err(err), Some(again)) if closed_before_answer(&err) => {
+            tracing::info!(
+                "the provider closed an idle connection; sending the token request again"
+            );
+            again
+                .send()
+                .await
+                .map_err(|err| OAuthError::Transport(without_url(err)))
+        }
+        (Err(err), _) => Err(OAuthError::Transport(without_url(err))),
+    }
+}
+
+/// Whether the connection closed before the server answered anything.
+fn closed_before_answer(err: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(hyper) = cause.downcast_ref::<hyper::Error>() {
+            return hyper.is_incomplete_message() || hyper.is_canceled();
+        }
+        source = cause.source();
+    }
+    false
+}
+
 fn without_url(err: reqwest::Error) -> String {
     err.without_url().to_string()
 }
@@ -192,6 +224,7 @@ async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, OAuthEr
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
     use axum::Router;
@@ -199,6 +232,7 @@ mod tests {
     use axum::routing::post;
     use cap_std::ambient_authority;
     use cap_std::fs::Dir;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
     use crate::config::EgressConfig;
@@ -232,6 +266,36 @@ mod tests {
         let address = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         (format!("http://{address}"), seen)
+    }
+
+    /// A token endpoint that reads the first request and closes its connection without an
+    /// answer, as a server closing an idle keep-alive connection does, and answers on the next
+    /// connection. Counts the connections.
+    async fn endpoint_dropping_the_first_connection() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+                tokio::spawn(async move {
+                    let mut request = vec![0u8; 8192];
+                    let _ = socket.read(&mut request).await;
+                    if first {
+                        return;
+                    }
+                    let body = r#"{"access_token":"at","token_type":"Bearer"}"#;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        (format!("http://{address}"), connections)
     }
 
     fn spec(client_auth: &str, format: &str) -> OAuthSpec {
@@ -289,6 +353,24 @@ mod tests {
             .unwrap();
         assert_eq!(tokens.access_token, "at");
         seen.lock().unwrap()[0].clone()
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_any_answer_is_retried_once() {
+        let (endpoint, connections) = endpoint_dropping_the_first_connection().await;
+        let dir = tempfile::tempdir().unwrap();
+        let oauth = oauth(&endpoint, dir.path());
+        let grant = Grant::Refresh {
+            refresh_token: "rt",
+        };
+
+        let tokens = oauth
+            .request_tokens(&spec("basic", "form"), &client(), grant)
+            .await
+            .unwrap();
+
+        assert_eq!(tokens.access_token, "at");
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
