@@ -159,3 +159,17 @@ impl Egress {
         self.overrides.iter().any(|rule| rule.matches(url))
     }
 }
+
+/// Whether a request failed because its connection closed before the server answered anything.
+/// Mostly that is a pooled keep-alive connection the server closed while idle, just as the next
+/// request went out on it: the server never read that request.
+pub(crate) fn closed_before_answer(err: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(hyper) = cause.downcast_ref::<hyper::Error>() {
+            return hyper.is_incomplete_message() || hyper.is_canceled();
+        }
+        source = cause.source();
+    }
+    false
+}

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 use super::token_response::{TokenResponseError, TokenSet, parse_token_response};
 use super::{OAuth, OAuthClient, OAuthError};
 use crate::description::{ClientAuth, OAuthSpec, TokenRequestFormat};
+use crate::egress::closed_before_answer;
 
 /// The largest token endpoint answer read.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -168,8 +169,9 @@ fn json(params: &[(&str, &str)]) -> String {
 /// A client error's message without its URL, whose query could hold a code.
 /// Sends a token request, and sends it once more when the pooled connection it went out on
 /// turned out closed before any answer came: providers close idle keep-alive connections (Node
-/// after 5 s), and one closed just as it is reused never saw the request. A refresh token is
-/// therefore not spent by the first attempt.
+/// after 5 s), and one closed just as it is reused never saw the request. Should the provider
+/// have read it after all, a spent refresh token makes the second attempt fail with
+/// `invalid_grant`, which is where the first failure would have led anyway.
 async fn send_once_more_if_stale(
     request: reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, OAuthError> {
@@ -187,18 +189,6 @@ async fn send_once_more_if_stale(
         }
         (Err(err), _) => Err(OAuthError::Transport(without_url(err))),
     }
-}
-
-/// Whether the connection closed before the server answered anything.
-fn closed_before_answer(err: &reqwest::Error) -> bool {
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        if let Some(hyper) = cause.downcast_ref::<hyper::Error>() {
-            return hyper.is_incomplete_message() || hyper.is_canceled();
-        }
-        source = cause.source();
-    }
-    false
 }
 
 fn without_url(err: reqwest::Error) -> String {
