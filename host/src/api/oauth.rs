@@ -15,7 +15,7 @@ use url::Url;
 use super::AppState;
 use super::extract::ApiPath;
 use crate::description::OAuthSpec;
-use crate::oauth::{FlowError, LinkRecord, OAuthClient, flow_cookie_name};
+use crate::oauth::{FlowError, LinkRecord, OAuthClient, Started, flow_cookie_name};
 
 /// `GET /oauth/authorize/{link}`: a page saying what the user is about to connect, with one
 /// button that starts the flow. Opening the link uses nothing up, so a chat app that fetches
@@ -63,22 +63,18 @@ pub(super) async fn authorize(
         );
     }
     match start(&state, &link) {
-        Ok((redirect_to, cookie_name, cookie)) => {
-            let secure = if state.oauth.is_https() {
-                "; Secure"
-            } else {
-                ""
-            };
-            let ttl = state.oauth.flow_ttl_secs();
-            let cookie = format!(
-                "{cookie_name}={cookie}; HttpOnly; SameSite=Lax; Path=/oauth; Max-Age={ttl}{secure}"
+        Ok(started) => {
+            let cookie = flow_cookie(
+                &state,
+                &started.cookie_name,
+                &started.cookie,
+                state.oauth.flow_ttl_secs(),
             );
             let mut headers = HeaderMap::new();
             headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            if let (Ok(location), Ok(cookie)) = (
-                HeaderValue::from_str(&redirect_to),
-                HeaderValue::from_str(&cookie),
-            ) {
+            if let (Ok(location), Some(cookie)) =
+                (HeaderValue::from_str(&started.redirect_to), cookie)
+            {
                 headers.insert(LOCATION, location);
                 headers.insert(SET_COOKIE, cookie);
                 return (StatusCode::SEE_OTHER, headers).into_response();
@@ -134,14 +130,27 @@ fn prepare(state: &AppState, token: &str) -> Result<Ready, FlowError> {
     })
 }
 
-/// Starts the flow of a link: where to send the browser, the cookie's name and its value.
-fn start(state: &AppState, token: &str) -> Result<(String, String, String), FlowError> {
+/// The `Set-Cookie` value of a flow's cookie, living `max_age` seconds (0 drops it); Secure
+/// when users reach the server over https.
+fn flow_cookie(state: &AppState, name: &str, value: &str, max_age: u64) -> Option<HeaderValue> {
+    let secure = if state.oauth.is_https() {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie =
+        format!("{name}={value}; HttpOnly; SameSite=Lax; Path=/oauth; Max-Age={max_age}{secure}");
+    HeaderValue::from_str(&cookie).ok()
+}
+
+/// Starts the flow of a link: where to send the browser, and the cookie to give it.
+fn start(state: &AppState, token: &str) -> Result<Started, FlowError> {
     let ready = prepare(state, token)?;
     // Taken only now, once the flow can start; a concurrent opening of the same link loses here.
     let link = state.oauth.open_link(token)?;
     let started = state.oauth.begin(&link, &ready.spec, &ready.client)?;
     tracing::info!(plugin = %link.plugin, tenant = %link.tenant, user = %link.user, "authorization started");
-    Ok((started.redirect_to, started.cookie_name, started.cookie))
+    Ok(started)
 }
 
 #[derive(Deserialize)]
@@ -170,14 +179,7 @@ pub(super) async fn callback(
         ),
         Err(err) => flow_error_page(&err),
     };
-    let secure = if state.oauth.is_https() {
-        "; Secure"
-    } else {
-        ""
-    };
-    let expired = cookie_name
-        .map(|name| format!("{name}=; HttpOnly; SameSite=Lax; Path=/oauth; Max-Age=0{secure}"))
-        .and_then(|cookie| HeaderValue::from_str(&cookie).ok());
+    let expired = cookie_name.and_then(|name| flow_cookie(&state, &name, "", 0));
     if let Some(expired) = expired {
         response.headers_mut().insert(SET_COOKIE, expired);
     }

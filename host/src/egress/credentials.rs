@@ -52,7 +52,7 @@ pub struct Credentials {
     secrets: Vec<SecretSetting>,
     authorization_lost: AtomicBool,
     /// Every secret of the call, and every token it held, to keep out of all its answers.
-    redactions: std::sync::Mutex<Redactions>,
+    redactions: std::sync::Mutex<Arc<Redactions>>,
 }
 
 /// A request's URL and headers with the credentials in place.
@@ -72,29 +72,31 @@ impl Credentials {
         refresher: Option<Refresher>,
         secrets: Vec<SecretSetting>,
     ) -> Self {
-        let mut redactions = Redactions::default();
-        if let Some(token) = &token {
-            redactions.add(token.expose(), ACCESS_TOKEN_PLACEHOLDER);
-        }
-        for secret in &secrets {
-            redactions.add(
-                secret.value.expose(),
-                &format!("{{SETTING:{}}}", secret.name),
-            );
-        }
+        let placeholders: Vec<String> = secrets
+            .iter()
+            .map(|secret| format!("{{SETTING:{}}}", secret.name))
+            .collect();
+        let token_redaction = token
+            .as_ref()
+            .map(|token| (token.expose(), ACCESS_TOKEN_PLACEHOLDER));
+        let settings_redactions = secrets
+            .iter()
+            .zip(&placeholders)
+            .map(|(secret, placeholder)| (secret.value.expose(), placeholder.as_str()));
+        let redactions = Redactions::new(token_redaction.into_iter().chain(settings_redactions));
         Self {
             api_hosts,
             token: std::sync::Mutex::new(token),
             refresher,
             secrets,
             authorization_lost: AtomicBool::new(false),
-            redactions: std::sync::Mutex::new(redactions),
+            redactions: std::sync::Mutex::new(Arc::new(redactions)),
         }
     }
 
     /// What to keep out of the call's answers: the secret settings and every token the call
     /// has held (a refreshed-away token may still be valid for a while).
-    pub(super) fn redactions(&self) -> Redactions {
+    pub(super) fn redactions(&self) -> Arc<Redactions> {
         self.redactions.lock().expect("redactions lock").clone()
     }
 
@@ -195,10 +197,8 @@ impl Credentials {
             .await;
         match result {
             Ok(Some(token)) => {
-                self.redactions
-                    .lock()
-                    .expect("redactions lock")
-                    .add(token.expose(), ACCESS_TOKEN_PLACEHOLDER);
+                let mut redactions = self.redactions.lock().expect("redactions lock");
+                *redactions = Arc::new(redactions.with(token.expose(), ACCESS_TOKEN_PLACEHOLDER));
                 *self.token.lock().expect("token lock") = Some(token);
                 true
             }

@@ -16,7 +16,7 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 use super::address::ProhibitedAddress;
 use super::credentials::{Credentials, Prepared};
 use super::redact::Redactions;
-use super::{Egress, HostPolicy, closed_before_answer, is_public};
+use super::{Egress, HostPolicy, is_public, send_once_more_if_closed};
 use crate::limits::{CallLimits, bytes};
 
 type Pending = Box<dyn Future<Output = Result<(), Error>> + Send>;
@@ -264,16 +264,10 @@ async fn send(
         .headers(headers)
         .body(body)
         .timeout(limits.request_timeout());
-    // A pooled connection the upstream closed while idle fails a request before any answer;
-    // one that repeating cannot harm goes out once more.
-    let again = method.is_safe().then(|| request.try_clone()).flatten();
-    match (request.send().await, again) {
-        (Ok(response), _) => Ok(response),
-        (Err(err), Some(again)) if closed_before_answer(&err) => {
-            again.send().await.map_err(error_code)
-        }
-        (Err(err), _) => Err(error_code(err)),
-    }
+    // Only a request that repeating cannot harm goes out once more.
+    send_once_more_if_closed(request, method.is_safe())
+        .await
+        .map_err(error_code)
 }
 
 fn stream_back(

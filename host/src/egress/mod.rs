@@ -160,10 +160,26 @@ impl Egress {
     }
 }
 
+/// Sends `request`, and when `repeatable` sends it once more if its connection closed before
+/// the server answered anything. Mostly that is a pooled keep-alive connection the server closed
+/// while idle (Node does after 5 s), just as the request went out on it: the server never read
+/// the request.
+pub(crate) async fn send_once_more_if_closed(
+    request: reqwest::RequestBuilder,
+    repeatable: bool,
+) -> Result<reqwest::Response, reqwest::Error> {
+    let again = repeatable.then(|| request.try_clone()).flatten();
+    match (request.send().await, again) {
+        (Err(err), Some(again)) if closed_before_answer(&err) => {
+            tracing::info!("the connection closed before any answer; sending the request again");
+            again.send().await
+        }
+        (result, _) => result,
+    }
+}
+
 /// Whether a request failed because its connection closed before the server answered anything.
-/// Mostly that is a pooled keep-alive connection the server closed while idle, just as the next
-/// request went out on it: the server never read that request.
-pub(crate) fn closed_before_answer(err: &reqwest::Error) -> bool {
+fn closed_before_answer(err: &reqwest::Error) -> bool {
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
         if let Some(hyper) = cause.downcast_ref::<hyper::Error>() {

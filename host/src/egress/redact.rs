@@ -31,7 +31,7 @@ const URI_COMPONENT: &AsciiSet = &UNRESERVED
     .remove(b'*');
 
 /// The secrets of one call, each spelling with the placeholder shown instead.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub(super) struct Redactions {
     spellings: Vec<Vec<u8>>,
     placeholders: Vec<Vec<u8>>,
@@ -39,8 +39,30 @@ pub(super) struct Redactions {
 }
 
 impl Redactions {
-    /// Adds `value`, to be shown as `placeholder` wherever an answer spells it.
-    pub(super) fn add(&mut self, value: &str, placeholder: &str) {
+    /// Redactions of each `(value, placeholder)`: `value` is shown as `placeholder` wherever an
+    /// answer spells it.
+    pub(super) fn new<'a>(secrets: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut redactions = Self::default();
+        for (value, placeholder) in secrets {
+            redactions.push(value, placeholder);
+        }
+        redactions.build();
+        redactions
+    }
+
+    /// These redactions and one more secret.
+    pub(super) fn with(&self, value: &str, placeholder: &str) -> Self {
+        let mut redactions = Self {
+            spellings: self.spellings.clone(),
+            placeholders: self.placeholders.clone(),
+            matcher: None,
+        };
+        redactions.push(value, placeholder);
+        redactions.build();
+        redactions
+    }
+
+    fn push(&mut self, value: &str, placeholder: &str) {
         if value.is_empty() {
             return;
         }
@@ -51,7 +73,15 @@ impl Redactions {
                 self.placeholders.push(placeholder.as_bytes().to_vec());
             }
         }
-        // Leftmost-longest: where one spelling contains another, the whole one is replaced.
+    }
+
+    /// Leftmost-longest: where one spelling contains another, the whole one is replaced. A call
+    /// without secrets, the common case, builds nothing.
+    fn build(&mut self) {
+        if self.spellings.is_empty() {
+            self.matcher = None;
+            return;
+        }
         self.matcher = AhoCorasickBuilder::new()
             .match_kind(MatchKind::LeftmostLongest)
             .ascii_case_insensitive(true)
@@ -117,9 +147,7 @@ mod tests {
     use super::*;
 
     fn redactions(value: &str) -> Redactions {
-        let mut redactions = Redactions::default();
-        redactions.add(value, "{OAUTH_PLUGIN_ACCESS_TOKEN}");
-        redactions
+        Redactions::new([(value, "{OAUTH_PLUGIN_ACCESS_TOKEN}")])
     }
 
     fn redacted(redactions: &Redactions, text: &str) -> String {
@@ -163,9 +191,8 @@ mod tests {
 
     #[test]
     fn each_secret_is_replaced_by_its_own_placeholder_in_one_pass() {
-        let mut redactions = redactions("tok-123");
         // A secret that is part of a placeholder is not found again in what was put in.
-        redactions.add("PLUGIN", "{SETTING:short}");
+        let redactions = redactions("tok-123").with("PLUGIN", "{SETTING:short}");
         assert_eq!(
             redacted(&redactions, "a tok-123 b PLUGIN"),
             "a {OAUTH_PLUGIN_ACCESS_TOKEN} b {SETTING:short}"
@@ -174,8 +201,7 @@ mod tests {
 
     #[test]
     fn every_occurrence_in_headers_is_replaced() {
-        let mut redactions = redactions("tok-123");
-        redactions.add("s3cret", "{SETTING:key}");
+        let redactions = redactions("tok-123").with("s3cret", "{SETTING:key}");
         let mut headers = HeaderMap::new();
         headers.insert(
             "location",

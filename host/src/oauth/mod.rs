@@ -27,7 +27,7 @@ use crate::vault::{Vault, VaultError};
 
 pub use client::OAuthClient;
 pub use connections::{ConnectionRef, ConnectionView};
-pub use flow::{FlowError, LinkRecord, PendingFlow, flow_cookie_name};
+pub use flow::{FlowError, LinkRecord, PendingFlow, Started, flow_cookie_name};
 
 /// How long an authorization link, and the flow it starts, stay valid, unless configured.
 pub const DEFAULT_FLOW_TTL_SECS: u64 = 10 * 60;

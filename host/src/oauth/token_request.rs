@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use super::token_response::{TokenResponseError, TokenSet, parse_token_response};
 use super::{OAuth, OAuthClient, OAuthError};
 use crate::description::{ClientAuth, OAuthSpec, TokenRequestFormat};
-use crate::egress::closed_before_answer;
+use crate::egress::send_once_more_if_closed;
 
 /// The largest token endpoint answer read.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -79,7 +79,12 @@ impl OAuth {
                 .body(json(&params)),
         };
 
-        let response = send_once_more_if_stale(request).await?;
+        // Should the provider have read a repeated request after all, a spent refresh token
+        // makes the second attempt fail with `invalid_grant`, where the first failure would
+        // have led anyway.
+        let response = send_once_more_if_closed(request, true)
+            .await
+            .map_err(|err| OAuthError::Transport(without_url(err)))?;
         let status = response.status().as_u16();
         let content_type = response
             .headers()
@@ -167,30 +172,6 @@ fn json(params: &[(&str, &str)]) -> String {
 }
 
 /// A client error's message without its URL, whose query could hold a code.
-/// Sends a token request, and sends it once more when the pooled connection it went out on
-/// turned out closed before any answer came: providers close idle keep-alive connections (Node
-/// after 5 s), and one closed just as it is reused never saw the request. Should the provider
-/// have read it after all, a spent refresh token makes the second attempt fail with
-/// `invalid_grant`, which is where the first failure would have led anyway.
-async fn send_once_more_if_stale(
-    request: reqwest::RequestBuilder,
-) -> Result<reqwest::Response, OAuthError> {
-    let again = request.try_clone();
-    match (request.send().await, again) {
-        (Ok(response), _) => Ok(response),
-        (Err(err), Some(again)) if closed_before_answer(&err) => {
-            tracing::info!(
-                "the provider closed an idle connection; sending the token request again"
-            );
-            again
-                .send()
-                .await
-                .map_err(|err| OAuthError::Transport(without_url(err)))
-        }
-        (Err(err), _) => Err(OAuthError::Transport(without_url(err))),
-    }
-}
-
 fn without_url(err: reqwest::Error) -> String {
     err.without_url().to_string()
 }
