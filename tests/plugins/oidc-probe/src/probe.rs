@@ -1,6 +1,7 @@
-//! The tools of `oidc-probe`, shared with `oidc-probe-moved`, which differs only in its provider.
+//! `oidc-probe` itself, shared with `oidc-probe-moved`, which differs only in its token URL.
 
-use keyhole_sdk::{Tool, ToolError, http};
+use keyhole_sdk::oauth::OAuth;
+use keyhole_sdk::{Plugin, Tool, ToolError, http};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -40,4 +41,23 @@ impl Tool for Public {
         let response = http::get("https://api.oidc.test/test/stats").send()?;
         Ok(json!({ "status": response.status() }))
     }
+}
+
+/// The probe, with its provider's token endpoint at `token_url`.
+pub(crate) fn plugin(token_url: &'static str) -> Plugin {
+    let provider = OAuth::new("https://auth.oidc.test/auth", token_url)
+        .revocation_url("https://auth.oidc.test/token/revocation")
+        .scope("openid")
+        .scope("api:read")
+        .api_host("api.oidc.test");
+
+    Plugin::new(
+        "oidc-probe",
+        "OIDC probe",
+        env!("CARGO_PKG_VERSION"),
+        "Calls the test provider's API as the user.",
+    )
+    .oauth(provider)
+    .tool::<Me>()
+    .tool::<Public>()
 }
